@@ -1,0 +1,31 @@
+# Two entry points for a fresh clone: `make demo` (the main job on built-in data) and `make test`.
+# Both create .venv on first use. PYTHON may name another interpreter (>= 3.10).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: demo test lint install clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev,report]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/dgaal pool create demo-work/pools.h5 --from digits --initial 0.1 --force
+	$(BIN)/dgaal pool info demo-work/pools.h5
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy dgaal_core export
+
+test: lint
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) demo-work .pytest_cache .mypy_cache .ruff_cache
