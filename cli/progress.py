@@ -1,0 +1,68 @@
+"""Rich progress bars shared by the commands: one bar per stage, driven by a callback."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+
+console = Console(stderr=True)
+
+
+def _rate_column(unit: str) -> Any:
+    from rich.progress import ProgressColumn
+    from rich.text import Text
+
+    class RateColumn(ProgressColumn):
+        def render(self, task: Any) -> Text:
+            speed = task.finished_speed or task.speed
+            return Text("" if speed is None else f"{speed:,.0f} {unit}/s", style="cyan")
+
+    return RateColumn()
+
+
+class StageProgress:
+    """``progress(stage, done, total)`` callback that draws one rich bar per stage, with a rate.
+
+    Disabled (drawing nothing) when ``enabled`` is false or stderr is not a terminal.
+    """
+
+    def __init__(self, enabled: bool = True, unit: str = "img"):
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TaskProgressColumn,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self._bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TaskProgressColumn(),
+            _rate_column(unit),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            disable=not (enabled and console.is_terminal),
+        )
+        self._tasks: dict[str, Any] = {}
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if stage not in self._tasks:
+            self._tasks[stage] = self._bar.add_task(stage, total=total)
+        self._bar.update(self._tasks[stage], completed=done, total=total)
+
+    def stage(self, name: str) -> Any:
+        """A ``(done, total)`` callback bound to one stage name."""
+        return lambda done, total: self(name, done, total)
+
+    def __enter__(self) -> StageProgress:
+        self._bar.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._bar.stop()

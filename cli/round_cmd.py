@@ -1,0 +1,137 @@
+"""``dgaal round`` (one active-learning round) and ``dgaal label`` (a person's answers)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from .common import SeedOpt, handle_errors
+
+PoolOpt = Annotated[Path, typer.Option("--pool", help="Pool file (e.g. pools.h5).")]
+
+
+def _budget(value: str) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        raise typer.BadParameter("a fraction (0.05) or a count (2500)") from None
+
+
+def _summary(record: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    acc = record.get("accuracy")
+    table = Table(title=f"round {record['round']} ({record['strategy']})", show_header=False)
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    rows = [
+        ("selected", len(record["selected"])),
+        (
+            "oracle queries (this round / total)",
+            f"{record['oracle_queries']} / {record['oracle_queries_total']}",
+        ),
+        ("free labels (generated images picked)", record["free_labels"]),
+        ("generated images added", record["generated_added"]),
+        (
+            "labelled (ratio of real images)",
+            f"{record['labelled']} ({100 * record['labelled_ratio']:.1f}%)",
+        ),
+        ("candidates left", record["candidates"]),
+        ("test accuracy", "n/a (no test split)" if acc is None else f"{100 * acc:.2f}%"),
+    ]
+    for k, v in rows:
+        table.add_row(k, str(v))
+    times = record.get("timings", {})
+    table.add_row("time by phase", "  ".join(f"{k} {v:.1f}s" for k, v in times.items()))
+    Console().print(table)
+
+
+def round_command(
+    pool: PoolOpt,
+    strategy: Annotated[
+        str, typer.Option(help="dgaal | vaal | vaal-coevo | random | entropy | coreset")
+    ] = "dgaal",
+    budget: Annotated[
+        str, typer.Option(help="Images to select: a fraction of the real images (0.05) or a count.")
+    ] = "0.05",
+    oracle: Annotated[
+        str, typer.Option(help="simulated (answers from stored truth) | human | auto.")
+    ] = "auto",
+    preset: Annotated[
+        str, typer.Option(help="small (CPUs, demos) | paper (the paper's sizes).")
+    ] = ("small"),
+    seed: SeedOpt = 0,
+    device: Annotated[str, typer.Option(help="Training device: auto | cpu | cuda.")] = "auto",
+    provider: Annotated[str, typer.Option(help="onnxruntime provider: auto | cpu | cuda.")] = (
+        "auto"
+    ),
+    epochs: Annotated[
+        float | None, typer.Option(help="Algorithm 1 passes over the pools (preset default).")
+    ] = None,
+    gan_steps: Annotated[
+        int | None, typer.Option(help="Algorithm 1 iterations (overrides --epochs).")
+    ] = None,
+    task_epochs: Annotated[int | None, typer.Option(help="Epochs of the task model T.")] = None,
+    depth_limit: Annotated[
+        int, typer.Option(help="Generated images of this depth are not copied again.")
+    ] = 2,
+    augment_ratio: Annotated[
+        float, typer.Option(help="Share of x_g that joins the labelled set directly (sec. 4.3.2).")
+    ] = 0.0,
+    workdir: Annotated[
+        Path | None, typer.Option(help="Checkpoints and ONNX files (default: POOL stem + .dgaal).")
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
+) -> None:
+    """Run one active-learning round (train, export, score, select, label, co-evolve, generate,
+    train T), or finish an interrupted one."""
+    from dgaal_core.round import Round
+    from dgaal_core.round_parts import RoundConfig
+    from export.round_backend import onnx_exporter
+
+    from .progress import StageProgress, console
+
+    try:
+        cfg = RoundConfig(
+            strategy=strategy, budget=_budget(budget), oracle=oracle, preset=preset, seed=seed,
+            device=device, gan_epochs=epochs, gan_steps=gan_steps, task_epochs=task_epochs,
+            depth_limit=depth_limit, augment_ratio=augment_ratio,
+        )  # fmt: skip
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+    log = console.print if not quiet else (lambda *_: None)
+    with StageProgress(enabled=not quiet) as bars:
+        exporter = onnx_exporter(provider=provider, progress=bars.stage("Scoring candidates"))
+        record = Round(pool, cfg, exporter, workdir=workdir, progress=not quiet, log=log).run()
+    if record.get("status") == "awaiting_labels":
+        typer.echo(
+            f"round {record['round']}: {record['queried']} images to label are in "
+            f"{record['queries']}; fill in the 'label' column of queries.csv, then run "
+            f"`dgaal label --pool {pool} {record['queries']}/queries.csv` and `dgaal round` again"
+        )
+        return
+    _summary(record)
+
+
+def label_command(
+    pool: PoolOpt,
+    answers: Annotated[
+        Path, typer.Argument(help="CSV with columns id,label (queries.csv filled in).")
+    ],
+) -> None:
+    """Import a person's answers for the queried images of the current round."""
+    from dgaal_core.round import apply_answers
+
+    out = apply_answers(pool, answers)
+    left = out["still_queried"]
+    more = f"; {left} still waiting" if left else "; run `dgaal round` to finish the round"
+    typer.echo(f"round {out['round']}: {out['answered']} answers imported{more}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``round`` and ``label`` to the top-level app."""
+    app.command("round")(handle_errors(round_command))
+    app.command("label")(handle_errors(label_command))

@@ -1,0 +1,415 @@
+"""One active-learning round: Algorithm 2 of the paper around Algorithm 1, made crash-safe.
+
+Phases of round n (work folder ``<pool>.dgaal/round-000n/``):
+
+1. train G, D1, D2 (Algorithm 1), warm-started from round n-1       -> ``trained.pt``
+2. export the sampler and generator to ONNX (parity-checked)          -> ``*.onnx``
+3. score every candidate with onnxruntime; select the N lowest
+4. oracle: generated picks carry their parent's label (free); real ones are answered by the
+   simulated oracle, or queried from a person (the round stops here: ``dgaal label`` resumes it)
+   COMMIT A: picks -> labelled, ``meta.pending_round.phase = "selected"``
+5. co-evolve D1 on (X_L, X_C) (Eq. 9)                               -> ``checkpoint.pt``
+6. x_g = G(x_s) with onnxruntime, appended as candidates with y_s
+   COMMIT B: new rows, ``phase = "generated"``
+7. train T from scratch on the labelled set; evaluate on the test split -> ``checkpoint.pt`` (+T)
+   COMMIT C: the round record; pending cleared
+
+A kill at any moment leaves the pool at one of these commits. The next ``dgaal round`` reads
+``pending_round`` and redoes only what is missing, with the interrupted round's own config:
+before A it reruns the round (same seed, same picks); after A it redoes 5-7 from ``trained.pt``
+(co-evolution is deterministic given the trainer's saved random streams); after B it redoes 7.
+Labels are committed once and images appended once, because each commit moves the phase on.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .checkpoint import load_checkpoint, save_checkpoint, trainer_from_checkpoint
+from .config import derive_seed
+from .errors import DgaalError, EmptyPoolError
+from .models import build_task_model
+from .oracle import read_answers, simulated_answers, write_query_package
+from .pool import PoolReader
+from .pool_writer import PoolWriter
+from .round_parts import Exporter, PoolSource, RoundConfig, ServedModels, task_outputs
+from .schema import Origin, State
+from .strategies import (
+    select_coreset,
+    select_lowest,
+    select_max_entropy,
+    select_random,
+    strategy_spec,
+)
+from .task import evaluate_task, train_task
+from .training import DGAALTrainer
+
+Log = Callable[[str], None]
+
+
+class AwaitingLabelsError(DgaalError):
+    """The round is waiting for a person's answers (``dgaal label``)."""
+
+
+def work_dir(pool_path: Path) -> Path:
+    """Default work folder of a pool: ``pools.dgaal/`` beside ``pools.h5``."""
+    return pool_path.with_name(pool_path.stem + ".dgaal")
+
+
+def round_dir(workdir: Path, n: int) -> Path:
+    """Folder of round ``n``'s checkpoints, ONNX files and query package."""
+    return workdir / f"round-{n:04d}"
+
+
+class Round:
+    """Runs (or resumes) one round on a pool. See the module docstring for the phases."""
+
+    def __init__(
+        self,
+        pool_path: Path,
+        config: RoundConfig,
+        exporter: Exporter,
+        *,
+        workdir: Path | None = None,
+        progress: bool = True,
+        log: Log = print,
+    ):
+        self.pool_path = Path(pool_path)
+        self.config = config
+        self.exporter = exporter
+        self.workdir = workdir or work_dir(self.pool_path)
+        self.progress = progress
+        self.log = log
+        self.timings: dict[str, float] = {}
+        self._served: ServedModels | None = None
+        self._w: PoolWriter | None = None
+
+    # ---- helpers ---------------------------------------------------------------------------
+    def _timed(self, phase: str, start: float) -> None:
+        self.timings[phase] = round(self.timings.get(phase, 0.0) + time.perf_counter() - start, 3)
+
+    @property
+    def _writer(self) -> PoolWriter:
+        assert self._w is not None, "phases run inside Round.run()"
+        return self._w
+
+    def _reader(self) -> PoolReader:
+        return PoolReader(self.pool_path)
+
+    def _source(self, reader: PoolReader, state: State, labels: bool = False) -> PoolSource:
+        ids = reader.ids(state)
+        return PoolSource(reader, ids, reader.labels[ids] if labels else None)
+
+    def _fresh_or_warm_trainer(self, n: int, reader: PoolReader) -> DGAALTrainer:
+        run = self.config.run_config(reader.image_shape, reader.num_classes)
+        prev = round_dir(self.workdir, n - 1) / "checkpoint.pt"
+        if run.train.warm_start and prev.exists():
+            ckpt = load_checkpoint(prev)
+            if ckpt["config"]["model"] == run.model.to_dict():
+                self.log(f"warm start from {prev}")
+                return trainer_from_checkpoint(ckpt, train_config=run.train, rng=False)
+            self.log(f"not warm-starting: {prev} was made with another model config")
+        return DGAALTrainer.create(run)
+
+    # ---- phases ----------------------------------------------------------------------------
+    def _train(self, n: int, reader: PoolReader, rdir: Path) -> DGAALTrainer:
+        t0 = time.perf_counter()
+        trainer = self._fresh_or_warm_trainer(n, reader)
+        if strategy_spec(self.config.strategy).needs_gan:
+            trainer.train_gan(
+                self._source(reader, State.LABELLED),
+                self._source(reader, State.UNLABELLED),
+                progress=self.progress,
+            )
+        save_checkpoint(rdir / "trained.pt", trainer, round_index=n)
+        self._timed("train", t0)
+        return trainer
+
+    def _serve(self, trainer: DGAALTrainer, n: int, rdir: Path) -> ServedModels:
+        if self._served is None:
+            t0 = time.perf_counter()
+            run = self.config.run_config(
+                trainer.model_config.image_shape, trainer.model_config.num_classes
+            )
+            self._served = self.exporter(trainer.models, run, rdir, n, self.pool_path)
+            self._timed("export", t0)
+        return self._served
+
+    def _previous_task(self, n: int, reader: PoolReader) -> Any:
+        """T as it stands (trained at the end of the last round), or trained now for round 1."""
+        run = self.config.run_config(reader.image_shape, reader.num_classes)
+        prev = round_dir(self.workdir, n - 1) / "checkpoint.pt"
+        task = build_task_model(run.model, run.train.seed)
+        if prev.exists() and (ckpt := load_checkpoint(prev)).get("task") is not None:
+            task.load_state_dict(ckpt["task"])
+            return task
+        rng = np.random.default_rng(derive_seed(self.config.seed, "task", n, "pre"))
+        train_task(
+            task,
+            self._source(reader, State.LABELLED, labels=True),
+            run.train,
+            rng,
+            progress=self.progress,
+        )
+        return task
+
+    def _select(self, n: int, reader: PoolReader, trainer: DGAALTrainer, rdir: Path) -> np.ndarray:
+        spec = strategy_spec(self.config.strategy)
+        candidates = reader.ids(State.UNLABELLED)
+        if candidates.size == 0:
+            raise EmptyPoolError(f"{self.pool_path}: no candidates left; the pool is exhausted")
+        real_rows = int(np.sum(reader.fields["origin"] == Origin.REAL))
+        budget = self.config.budget_count(real_rows)
+        t0 = time.perf_counter()
+        if spec.source == "d1":
+            served = self._serve(trainer, n, rdir)
+            t1 = time.perf_counter()
+            scores = served.score_pool(self.pool_path, candidates)
+            self._timed("score", t1)
+            picked = select_lowest(candidates, scores, min(budget, candidates.size))
+        elif spec.source == "none":
+            rng = np.random.default_rng(derive_seed(self.config.seed, "select", n))
+            picked = select_random(candidates, min(budget, candidates.size), rng)
+        else:
+            task = self._previous_task(n, reader)
+            probs, feats = task_outputs(task, reader, candidates, device=self.config.device)
+            if spec.source == "task_probs":
+                picked = select_max_entropy(candidates, probs, min(budget, candidates.size))
+            else:
+                labelled = reader.ids(State.LABELLED)
+                _, lab_feats = task_outputs(task, reader, labelled, device=self.config.device)
+                picked = select_coreset(candidates, feats, lab_feats, min(budget, candidates.size))
+        if budget > candidates.size:
+            self.log(f"budget {budget} > {candidates.size} candidates left: taking them all")
+        self._timed("select", t0)
+        return picked
+
+    def _oracle(self, n: int, picked: np.ndarray, reader: PoolReader, rdir: Path) -> str:
+        """COMMIT A (or the human hand-off). Returns the pending phase written."""
+        labels = reader.labels[picked]
+        free = picked[labels >= 0]  # generated rows inherited their parent's label
+        need = picked[labels < 0]
+        oracle = self.config.oracle
+        if oracle == "auto":
+            oracle = "simulated" if reader.has_truth else "human"
+        pending: dict[str, Any] = {
+            "round": n,
+            "config": self.config.to_dict(),
+            "selected": picked.tolist(),
+            "oracle_queries": int(need.size),
+            "free_labels": int(free.size),
+            "oracle": oracle,
+            "timings": dict(self.timings),
+        }
+        w = self._writer
+        w.set_state(free, State.LABELLED, round_no=n)
+        if oracle == "simulated":
+            w.set_labels(need, simulated_answers(reader, need))
+            w.set_state(need, State.LABELLED, round_no=n)
+            pending["phase"] = "selected"
+        else:
+            task = self._previous_task(n, reader) if need.size else None
+            suggested = None
+            if task is not None:
+                probs, _ = task_outputs(task, reader, need, device=self.config.device)
+                suggested = probs.argmax(1)
+            out = write_query_package(
+                rdir / "queries", need, reader.read_images(need), suggested, reader.class_names
+            )
+            w.set_state(need, State.QUERIED)
+            pending["phase"] = "awaiting_labels" if need.size else "selected"
+            pending["queries"] = out
+        w.update_meta(pending_round=pending)
+        w.commit()
+        return str(pending["phase"])
+
+    def _coevolve(self, n: int, rdir: Path) -> DGAALTrainer:
+        trainer = trainer_from_checkpoint(load_checkpoint(rdir / "trained.pt"))
+        spec = strategy_spec(self.config.strategy)
+        if spec.coevolve:
+            t0 = time.perf_counter()
+            with self._reader() as r:
+                trainer.co_evolve_d1(
+                    self._source(r, State.LABELLED),
+                    self._source(r, State.UNLABELLED),
+                    progress=self.progress,
+                )
+            self._timed("coevolve", t0)
+        save_checkpoint(rdir / "checkpoint.pt", trainer, round_index=n)
+        return trainer
+
+    def _generate(self, n: int, pending: dict[str, Any], rdir: Path) -> int:
+        """COMMIT B: append x_g = G(x_s) for the selected rows below the depth limit."""
+        t0 = time.perf_counter()
+        added = 0
+        with self._reader() as r:
+            picked = np.asarray(pending["selected"], dtype=np.int64)
+            parents = picked[r.fields["depth"][picked] < self.config.depth_limit]
+            images = None
+            if parents.size and strategy_spec(self.config.strategy).generate:
+                trainer = trainer_from_checkpoint(load_checkpoint(rdir / "trained.pt"))
+                served = self._serve(trainer, n, rdir)
+                images = served.generate(
+                    r.read_images(parents), derive_seed(self.config.seed, "noise", n)
+                )
+            labels = r.labels[parents]
+        w = self._writer
+        if images is not None:
+            k = round(self.config.augment_ratio * parents.size)
+            new = w.append(images, labels=labels, parents=parents)
+            if k:  # section 4.3.2: part of x_g goes straight into the labelled set
+                w.set_state(new[:k], State.LABELLED, round_no=n)
+            added = int(new.size)
+        self._timed("generate", t0)
+        w.update_meta(
+            pending_round={
+                **pending,
+                "phase": "generated",
+                "generated_added": added,
+                "timings": dict(self.timings),
+            }
+        )
+        w.commit()
+        return added
+
+    def _task(self, n: int, pending: dict[str, Any], rdir: Path) -> dict[str, Any]:
+        """Train T from scratch, evaluate, COMMIT C (the round record)."""
+        t0 = time.perf_counter()
+        with self._reader() as r:
+            run = self.config.run_config(r.image_shape, r.num_classes)
+            task = build_task_model(run.model, derive_seed(run.train.seed, "task", n))
+            rng = np.random.default_rng(derive_seed(self.config.seed, "task", n))
+            train_task(
+                task,
+                self._source(r, State.LABELLED, labels=True),
+                run.train,
+                rng,
+                progress=self.progress,
+            )
+            metrics = None
+            if r.num_test:
+                test_x, test_y = r.read_test()
+                from .data import ArraySource
+
+                metrics = evaluate_task(
+                    task,
+                    ArraySource(test_x, test_y.astype(np.int64)),
+                    r.num_classes,
+                    device=run.train.device,
+                )
+            ckpt = load_checkpoint(rdir / "checkpoint.pt")
+            trainer = trainer_from_checkpoint(ckpt)
+            save_checkpoint(rdir / "checkpoint.pt", trainer, task=task, round_index=n)
+            st, org = r.states, r.fields["origin"]
+            prior_queries = sum(int(x.get("oracle_queries", 0)) for x in r.rounds())
+            labelled = int(np.sum(st == State.LABELLED))
+            real = int(np.sum(org == Origin.REAL))
+        self._timed("task", t0)
+        record: dict[str, Any] = {
+            "round": n,
+            "strategy": self.config.strategy,
+            "oracle": pending["oracle"],
+            "selected": pending["selected"],
+            "oracle_queries": pending["oracle_queries"],
+            "free_labels": pending["free_labels"],
+            "generated_added": int(pending.get("generated_added", 0)),
+            "labelled": labelled,
+            "labelled_real": int(np.sum((st == State.LABELLED) & (org == Origin.REAL))),
+            "labelled_ratio": labelled / max(1, real),
+            "oracle_queries_total": prior_queries + int(pending["oracle_queries"]),
+            "candidates": int(np.sum(st == State.UNLABELLED)),
+            "accuracy": None if metrics is None else metrics.accuracy,
+            "per_class_accuracy": None if metrics is None else list(metrics.per_class_accuracy),
+            "test_loss": None if metrics is None else metrics.mean_loss,
+            "timings": dict(self.timings),
+            "config": self.config.to_dict(),
+            "run_config": run.to_dict(),
+            "workdir": str(rdir),
+        }
+        w = self._writer
+        w.append_round(record)
+        w.update_meta(pending_round=None)
+        w.commit()
+        return record
+
+    # ---- the round ---------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        """Run the next round, or finish an interrupted one; returns the round record, or
+        ``{"status": "awaiting_labels", ...}`` when a person must answer first.
+
+        Holds the pool's writer lock throughout, so a second round (or ``dgaal label``) on the
+        same pool fails at once with a message naming this one.
+        """
+        with PoolWriter(self.pool_path, purpose="dgaal round") as w:
+            self._w = w
+            try:
+                return self._run()
+            finally:
+                self._w = None
+
+    def _run(self) -> dict[str, Any]:
+        with self._reader() as r:
+            n = len(r.rounds()) + 1
+            pending = r.meta.get("pending_round")
+            queried = int(np.sum(r.states == State.QUERIED))
+        rdir = round_dir(self.workdir, n)
+        if pending and pending["round"] == n:
+            self.config = RoundConfig.from_dict(pending["config"])
+            self.timings = dict(pending.get("timings", {}))
+            if pending["phase"] == "awaiting_labels" or queried:
+                raise AwaitingLabelsError(
+                    f"round {n} is waiting for {queried} answers: fill in "
+                    f"{rdir / 'queries' / 'queries.csv'} and run "
+                    f"`dgaal label --pool {self.pool_path} ANSWERS.csv`"
+                )
+            self.log(f"resuming round {n} after phase '{pending['phase']}'")
+        else:
+            rdir.mkdir(parents=True, exist_ok=True)
+            with self._reader() as r:
+                trainer = self._train(n, r, rdir)
+                picked = self._select(n, r, trainer, rdir)
+                phase = self._oracle(n, picked, r, rdir)
+            if phase == "awaiting_labels":
+                with self._reader() as r:
+                    queried = int(np.sum(r.states == State.QUERIED))
+                return {
+                    "status": "awaiting_labels",
+                    "round": n,
+                    "queried": queried,
+                    "queries": str(rdir / "queries"),
+                }
+            with self._reader() as r:
+                pending = r.meta["pending_round"]
+        if pending["phase"] == "selected":
+            self._coevolve(n, rdir)
+            with self._reader() as r:
+                pending = r.meta["pending_round"]
+            self._generate(n, pending, rdir)
+            with self._reader() as r:
+                pending = r.meta["pending_round"]
+        return self._task(n, pending, rdir)
+
+
+def apply_answers(pool_path: Path, answers_csv: Path) -> dict[str, int]:
+    """``dgaal label``: import a person's answers for queried rows of the pending round.
+
+    Everything is validated before anything is written (see :func:`~dgaal_core.oracle.
+    read_answers`). When no queried row is left, the pending round moves on to phase
+    ``selected`` and the next ``dgaal round`` finishes it.
+    """
+    with PoolWriter(pool_path, purpose="dgaal label") as w, PoolReader(pool_path) as r:
+        ids, labels = read_answers(Path(answers_csv), r)
+        pending = r.meta.get("pending_round") or {}
+        n = int(pending.get("round", len(r.rounds()) + 1))
+        w.set_labels(ids, labels)
+        w.set_state(ids, State.LABELLED, round_no=n)
+        left = int(np.sum(w.field("state") == State.QUERIED))
+        if pending and left == 0:
+            w.update_meta(pending_round={**pending, "phase": "selected"})
+        w.commit()
+    return {"answered": int(ids.size), "still_queried": left, "round": n}

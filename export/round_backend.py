@@ -1,0 +1,79 @@
+"""The round's model server: export G1+D1 and G to ONNX, then score and generate with
+onnxruntime. This is the :class:`dgaal_core.round_parts.ServedModels` the CLI hands the round.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dgaal_core.config import RunConfig
+from dgaal_core.pool import PoolReader
+
+from .pipeline import ExportedModels, export_round, sample_pool_images
+from .runtime import Generator, Sampler
+
+Progress = Callable[[int, int], None]
+PARITY_IMAGES = 256
+
+
+class OnnxServed:
+    """Scores pool rows with ``sampler.onnx`` and makes x_g with ``generator.onnx``."""
+
+    def __init__(
+        self, sampler: Sampler, generator: Generator, batch_size: int, progress: Progress | None
+    ):
+        self.sampler = sampler
+        self.generator = generator
+        self.batch_size = batch_size
+        self.progress = progress
+
+    def score_pool(self, pool_path: Path, ids: np.ndarray) -> np.ndarray:
+        """D1 scores for ``ids``, in the order given."""
+        res = self.sampler.score_pool(
+            pool_path, ids, batch_size=self.batch_size, progress=self.progress
+        )
+        # res.ids is ascending and unique; map back onto the caller's order
+        return res.scores[np.searchsorted(res.ids, np.asarray(ids, dtype=np.int64))]
+
+    def generate(self, images: np.ndarray, seed: int) -> np.ndarray:
+        """G(x) with noise-head scales drawn from ``seed``."""
+        noise = self.generator.draw_noise_scales(seed)
+        return self.generator.generate(images, noise, self.batch_size)
+
+
+def onnx_exporter(
+    provider: str = "auto", batch_size: int = 512, progress: Progress | None = None
+) -> Callable[[Any, RunConfig, Path, int, Path], OnnxServed]:
+    """An exporter for :class:`dgaal_core.round.Round`: writes ``sampler.onnx`` and
+    ``generator.onnx`` (parity-checked against PyTorch on pool images) into the round folder and
+    opens one onnxruntime session for each."""
+
+    def export(models: Any, run: RunConfig, out_dir: Path, round_no: int, pool: Path) -> OnnxServed:
+        with PoolReader(pool) as reader:
+            parity = sample_pool_images(reader, PARITY_IMAGES, seed=run.train.seed)
+        g, d1 = models.g, models.d1
+        was = g.training, d1.training
+        g.cpu().eval()
+        d1.cpu().eval()
+        try:
+            report = export_round(
+                ExportedModels(g, d1, run.model, round_no, f"round {round_no}"),
+                out_dir,
+                parity,
+                seed=run.train.seed,
+            )
+        finally:
+            g.train(was[0])
+            d1.train(was[1])
+        return OnnxServed(
+            Sampler(report.sampler, provider=provider),
+            Generator(report.generator, provider=provider),
+            batch_size,
+            progress,
+        )
+
+    return export
