@@ -86,8 +86,11 @@ def round_command(
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
 ) -> None:
-    """Run one active-learning round (train, export, score, select, label, co-evolve, generate,
-    train T), or finish an interrupted one."""
+    """Run one active-learning round, or finish an interrupted one.
+
+    Phases: train (Algorithm 1), export to ONNX, score candidates, select, label (oracle),
+    co-evolve D1, generate x_g = G(x_s), train and evaluate T.
+    """
     from dgaal_core.round import Round
     from dgaal_core.round_parts import RoundConfig
     from export.round_backend import onnx_exporter
