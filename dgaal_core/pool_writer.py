@@ -18,6 +18,7 @@ dies); ``pools.h5.lock.json`` names the holder so a second writer gets a useful 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -323,6 +324,7 @@ class PoolBuilder:
     def __enter__(self) -> PoolBuilder:
         if self.path.exists() and not self.force:
             raise PoolExistsError(f"{self.path} already exists; pass --force to replace it")
+        self._folder_existed = shard_dir(self.path).exists()
         self._lock.__enter__()
         try:
             self._pool = _ShardWriter(self.path, "pool", self.image_shape)  # type: ignore[arg-type]
@@ -407,6 +409,9 @@ class PoolBuilder:
                 for w in (self._pool, self._test):
                     if w is not None:
                         w.discard()
+                if not self._folder_existed:  # leave no empty shard folder behind either
+                    with contextlib.suppress(OSError):
+                        shard_dir(self.path).rmdir()
         finally:
             self._lock.__exit__()
 

@@ -1,0 +1,62 @@
+"""Shared pieces of the ``dgaal`` commands: option aliases and the one error handler.
+
+Keep this module light (typer and the error classes only): every command imports it, and
+``dgaal --help`` should start in a blink. Heavy imports (numpy, h5py, torch) belong inside the
+command functions that need them.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, ParamSpec, TypeVar
+
+import typer
+
+from dgaal_core.errors import DgaalError
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+ERROR_EXIT_CODE = 2
+
+# ---- option aliases shared by several commands -------------------------------------------------
+PoolArg = Annotated[Path, typer.Argument(help="Pool file (e.g. pools.h5).", show_default=False)]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of every random choice.")]
+ForceOpt = Annotated[
+    bool, typer.Option("--force", help="Replace an existing output instead of refusing.")
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")]
+
+
+def fail(message: str) -> typer.Exit:
+    """Print ``error: <message>`` as one line on stderr; returns the Exit to raise."""
+    print(f"error: {' '.join(message.split())}", file=sys.stderr)
+    return typer.Exit(ERROR_EXIT_CODE)
+
+
+def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
+    """Turn a :class:`DgaalError` into one line ``error: ...`` on stderr and exit code 2.
+
+    Any other exception is a bug and keeps its traceback. Put it under ``@app.command()``.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except DgaalError as e:
+            raise fail(str(e)) from None
+
+    return wrapper
+
+
+def human_bytes(n: float) -> str:
+    """``1234567`` -> ``"1.2 MiB"``."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")

@@ -1,0 +1,215 @@
+"""``dgaal pool create`` and ``dgaal pool info``: make a pool from images, and look inside one.
+
+No torch here: numpy, h5py and PIL are imported inside the commands, so ``dgaal --help`` stays
+fast and the pool commands run where torch is not installed.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from dgaal_core.errors import PoolExistsError
+
+from .common import ForceOpt, JsonOpt, PoolArg, SeedOpt, handle_errors, human_bytes
+
+if TYPE_CHECKING:
+    pass
+
+app = typer.Typer(
+    help="Create a pool file from images, and show what is in one.", no_args_is_help=True
+)
+
+
+class SourceKind(str, Enum):
+    """Where ``pool create`` reads images from."""
+
+    folder = "folder"
+    npz = "npz"
+    digits = "digits"
+
+
+@app.command()
+@handle_errors
+def create(
+    out: Annotated[Path, typer.Argument(help="Pool file to create (e.g. pools.h5).")],
+    from_: Annotated[
+        SourceKind,
+        typer.Option(
+            "--from",
+            help="Source kind (see above).",
+        ),
+    ],
+    source: Annotated[
+        Path | None, typer.Argument(help="The folder or .npz file (not for digits).")
+    ] = None,
+    test_dir: Annotated[
+        Path | None,
+        typer.Option("--test-dir", help="Folder of <class>/ images for the test split."),
+    ] = None,
+    initial: Annotated[
+        float | None,
+        typer.Option(
+            "--initial",
+            help="Labels revealed at the start: a fraction (< 1) or a count (>= 1). "
+            "Default 0.1, or 0 when the pool has no ground truth.",
+            show_default=False,
+        ),
+    ] = None,
+    stratified: Annotated[
+        bool,
+        typer.Option("--stratified/--random", help="Same share of every class, or uniform."),
+    ] = True,
+    seed: SeedOpt = 0,
+    no_truth: Annotated[
+        bool,
+        typer.Option("--no-truth", help="Store no hidden ground truth (real unlabelled data)."),
+    ] = False,
+    classes: Annotated[
+        str | None,
+        typer.Option(
+            "--classes",
+            help="Class names a,b,c (label order); needed for unlabelled "
+            "sources unless --num-classes.",
+        ),
+    ] = None,
+    num_classes: Annotated[
+        int | None, typer.Option("--num-classes", help="Class names 0..K-1.")
+    ] = None,
+    channels: Annotated[
+        int | None,
+        typer.Option("--channels", help="Force 1 (grayscale) or 3 (RGB) channels (folder only)."),
+    ] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Images per write.")] = 1024,
+    workers: Annotated[
+        int | None, typer.Option("--workers", help="Decoding threads (folder only).")
+    ] = None,
+    force: ForceOpt = False,
+) -> None:
+    """Create a pool file: every image once, its hidden ground truth, an initial labelled set.
+
+    Sources: folder DIR/<class>/*.png|jpg|jpeg|bmp|webp (test split from DIR/test/<class> or
+    --test-dir), or DIR/train/<class> + DIR/test/<class>, or a flat DIR of unlabelled images
+    (give --classes or --num-classes); npz: keras-style x_train, y_train[, x_test, y_test];
+    digits: scikit-learn's bundled 8x8 digits with a seeded, stratified 20% test split.
+    """
+    from dgaal_core import ingest
+
+    from .progress import StageProgress, console
+
+    t0 = time.perf_counter()
+    names = ingest.class_names_from(classes, num_classes)
+    if out.exists() and not force:  # fail before listing a million files
+        raise PoolExistsError(f"{out} already exists; pass --force to replace it")
+    with console.status(f"reading {source or from_.value}...", spinner="dots"):
+        src = ingest.open_source(
+            from_.value,
+            source,
+            test_dir=test_dir,
+            class_names=names,
+            channels=channels,
+            seed=seed,
+            workers=workers,
+        )
+    with StageProgress() as report:
+        result = ingest.create_pool(
+            out,
+            src,
+            initial=initial,
+            stratified=stratified,
+            seed=seed,
+            keep_truth=not no_truth,
+            force=force,
+            batch_size=batch_size,
+            progress=report,
+        )
+    h, w, c = result.image_shape
+    typer.echo(
+        f"created {result.path}: {result.images} images ({result.labelled} labelled), "
+        f"{result.test} test, {h}x{w}x{c}, {len(result.class_names)} classes "
+        f"in {time.perf_counter() - t0:.1f} s"
+    )
+
+
+@app.command()
+@handle_errors
+def info(pool: PoolArg, as_json: JsonOpt = False) -> None:
+    """Show counts by state, origin and class, the image shape, the rounds so far, the size."""
+    from dgaal_core.pool import PoolReader
+
+    with PoolReader(pool) as r:
+        summary = r.summary()
+    if as_json:
+        typer.echo(json.dumps(summary))
+        return
+    _print_info(summary)
+
+
+ROUND_COLUMNS = (
+    "round",
+    "strategy",
+    "oracle_queries",
+    "free_labels",
+    "generated_added",
+    "accuracy",
+)
+MAX_CLASS_ROWS = 50
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+def _print_info(s: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    con = Console()
+    h, w, c = s["image_shape"]
+    con.print(
+        f"[bold]{s['path']}[/]  {human_bytes(s['file_bytes'])}, generation {s['generation']}\n"
+        f"images {h}x{w}x{c}, {s['num_classes']} classes, hidden ground truth: "
+        f"{'yes' if s['has_truth'] else 'no'}"
+    )
+    counts = Table(title="rows", title_justify="left")
+    counts.add_column("")
+    counts.add_column("count", justify="right")
+    for key in (
+        "images",
+        "unlabelled",
+        "labelled",
+        "queried",
+        "excluded",
+        "real",
+        "generated",
+        "test",
+    ):
+        if key in s:
+            counts.add_row(key, str(s[key]))
+    con.print(counts)
+    if s["num_classes"] <= MAX_CLASS_ROWS:
+        per = Table(title="per class", title_justify="left")
+        per.add_column("class")
+        per.add_column("labelled", justify="right")
+        per.add_column("test", justify="right")
+        for name, v in s["per_class"].items():
+            per.add_row(name, str(v["labelled"]), str(v["test"]))
+        con.print(per)
+    else:
+        con.print(f"({s['num_classes']} classes: see --json for per-class counts)")
+    rounds = s["rounds"]
+    if not rounds:
+        con.print("rounds: none yet")
+        return
+    cols = [k for k in ROUND_COLUMNS if any(k in r for r in rounds)]
+    table = Table(title="rounds", title_justify="left")
+    for k in cols:
+        table.add_column(k, justify="left" if k == "strategy" else "right")
+    for r in rounds:
+        table.add_row(*(_fmt(r[k]) if k in r else "" for k in cols))
+    con.print(table)
