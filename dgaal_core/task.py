@@ -1,0 +1,150 @@
+"""Training and evaluating the task model T (Algorithm 2, lines 17-18).
+
+T learns from the labelled pool only: uint8 NHWC images with labels, read through a
+:class:`~dgaal_core.data.DataSource`, lightly augmented (random crop with padding, plus horizontal
+flip for RGB), with Adam (lr alpha_5, betas (0.9, 0.99)). By default the round rebuilds T from
+scratch (``TrainConfig.retrain_task_from_scratch``) with :func:`dgaal_core.models.build_task_model`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from dgaal_core import losses
+from dgaal_core.config import TrainConfig
+from dgaal_core.data import DataSource, augment, epoch_batches, to_model_input
+from dgaal_core.errors import EmptyPoolError
+from dgaal_core.training import History, autocast, loss_bar, resolve_device
+
+
+def _labels(labels: np.ndarray | None, device: torch.device) -> torch.Tensor:
+    if labels is None:
+        raise ValueError("the task model needs labelled images; the source has no labels")
+    return torch.as_tensor(labels, dtype=torch.int64).to(device)
+
+
+def task_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Adam:
+    """Adam with the task learning rate (alpha_5) and the configured betas."""
+    return torch.optim.Adam(model.parameters(), lr=config.lr_t, betas=config.betas)
+
+
+def task_step(
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    amp: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One Adam step of T on a batch (B, C, H, W) in [-1, 1]; returns detached (loss, logits)."""
+    with autocast(x.device, amp):
+        logits = model(x)  # (B, classes)
+        loss = losses.task_loss(logits, y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss.detach(), logits.detach()
+
+
+def train_task(
+    model: nn.Module,
+    source: DataSource,
+    config: TrainConfig,
+    rng: np.random.Generator,
+    *,
+    epochs: int | None = None,
+    device: str | torch.device | None = None,
+    progress: bool = False,
+) -> History:
+    """Train ``model`` (in place) on ``source`` for ``epochs`` (default ``config.task_epochs``).
+
+    Returns per-epoch mean training loss and accuracy (on the augmented batches).
+    """
+    if len(source) < 2:
+        raise EmptyPoolError(f"train_task needs at least 2 labelled images, got {len(source)}")
+    dev = resolve_device(config.device if device is None else device)
+    epochs = config.task_epochs if epochs is None else epochs
+    model.to(dev).train()
+    opt = task_optimizer(model, config)
+    history: History = {"loss": [], "accuracy": []}
+    with loss_bar(progress, "Task model", epochs) as update:
+        for _ in range(epochs):
+            loss_sum = torch.zeros((), device=dev)
+            correct = torch.zeros((), device=dev, dtype=torch.int64)
+            seen = 0
+            for images, labels in epoch_batches(source, config.batch_size, rng):
+                if config.augment:
+                    images = augment(images, rng)
+                x, y = to_model_input(images, dev), _labels(labels, dev)
+                loss, logits = task_step(model, opt, x, y, amp=config.amp)
+                loss_sum += loss * len(y)
+                correct += (logits.argmax(1) == y).sum()
+                seen += len(y)
+            epoch = {"loss": loss_sum.item() / seen, "accuracy": correct.item() / seen}
+            for k, v in epoch.items():
+                history[k].append(v)
+            update(epoch)
+    return history
+
+
+@dataclass(frozen=True)
+class TaskMetrics:
+    """Accuracy of T on a test set; per-class accuracy is NaN for classes absent from it."""
+
+    accuracy: float
+    per_class_accuracy: tuple[float, ...]
+    mean_loss: float
+    num_samples: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict (NaN per-class entries become None)."""
+        per_class = [None if math.isnan(a) else a for a in self.per_class_accuracy]
+        return {
+            "accuracy": self.accuracy,
+            "per_class_accuracy": per_class,
+            "mean_loss": self.mean_loss,
+            "num_samples": self.num_samples,
+        }
+
+
+@torch.no_grad()
+def evaluate_task(
+    model: nn.Module,
+    source: DataSource,
+    num_classes: int,
+    *,
+    batch_size: int = 256,
+    device: str | torch.device = "auto",
+    amp: bool = True,
+) -> TaskMetrics:
+    """Accuracy, per-class accuracy and mean cross-entropy of ``model`` on ``source``."""
+    if len(source) == 0:
+        raise EmptyPoolError("evaluate_task: the test set is empty")
+    dev = resolve_device(device)
+    was_training = model.training
+    model.to(dev).eval()
+    loss_sum = torch.zeros((), device=dev, dtype=torch.float64)
+    hits = torch.zeros(num_classes, device=dev, dtype=torch.int64)
+    counts = torch.zeros(num_classes, device=dev, dtype=torch.int64)
+    for images, labels in epoch_batches(source, batch_size, None, drop_single=False):
+        x, y = to_model_input(images, dev), _labels(labels, dev)
+        with autocast(dev, amp):
+            logits = model(x).float()  # (B, classes)
+        loss_sum += torch.nn.functional.cross_entropy(logits, y, reduction="sum").double()
+        hits += torch.bincount(y[logits.argmax(1) == y], minlength=num_classes)
+        counts += torch.bincount(y, minlength=num_classes)
+    model.train(was_training)
+    n = int(counts.sum().item())
+    per_class = (hits.double() / counts.double()).tolist()  # NaN where a class has no sample
+    return TaskMetrics(
+        accuracy=float(hits.sum().item()) / n,
+        per_class_accuracy=tuple(float(a) for a in per_class),
+        mean_loss=float(loss_sum.item()) / n,
+        num_samples=n,
+    )
