@@ -16,8 +16,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/dgaal pool create demo-work/pools.h5 --from digits --initial 0.1 --force
-	$(BIN)/dgaal pool info demo-work/pools.h5
+	$(BIN)/dgaal demo --workdir demo-work
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -88,9 +88,10 @@ def test_two_rounds_with_the_simulated_oracle(pool):
     assert after["labelled"] == 144 + 80
     assert after["generated"] == sum(r["generated_added"] for r in rounds) == 80
     assert all(0 < r["accuracy"] <= 1 for r in rounds)
-    assert rounds[1]["oracle_queries_total"] == rounds[0]["oracle_queries"] + rounds[1][
-        "oracle_queries"
-    ]
+    assert (
+        rounds[1]["oracle_queries_total"]
+        == rounds[0]["oracle_queries"] + rounds[1]["oracle_queries"]
+    )
     check_pool_invariants(pool)
     work = pool.with_name("pools.dgaal")
     for n in (1, 2):

@@ -35,10 +35,14 @@ def tiny_pool(path: Path, n: int = 120, seed: int = 0) -> np.ndarray:
 
 def run_round(path: Path, **kw) -> dict:
     cfg = RoundConfig(**{"budget": 10, **FAST, **kw})
-    return Round(path, cfg, onnx_exporter(provider="cpu"), progress=False, log=lambda *_: None).run()
+    return Round(
+        path, cfg, onnx_exporter(provider="cpu"), progress=False, log=lambda *_: None
+    ).run()
 
 
-@pytest.mark.parametrize("strategy", ["dgaal", "vaal", "vaal-coevo", "random", "entropy", "coreset"])
+@pytest.mark.parametrize(
+    "strategy", ["dgaal", "vaal", "vaal-coevo", "random", "entropy", "coreset"]
+)
 def test_each_strategy_runs_a_round_and_logs_it(tmp_path, strategy):
     path = tmp_path / "p.h5"
     truth = tiny_pool(path)

@@ -1,0 +1,169 @@
+"""Learning curves of the active-learning protocol on the built-in digits, on this machine.
+
+Every strategy (DGAAL, VAAL, VAAL + co-evolution, random by default) x 3 seeds on copies of one
+digits pool (1438 training images, 359 test images): initial 10% labelled, +5% per round up to
+40% (the paper's section 4.2 schedule), the ``small`` preset. Writes into ``--out``:
+
+    results.json   every run's curve, plus a ``benchmark`` block (schedule, wall time, machine)
+    summary.md     accuracy (mean ± sd) and oracle queries per strategy and labelled ratio
+    *.png          accuracy vs labelled ratio, oracle queries vs ratio, accuracy vs queries,
+                   and one DGAAL round's selection (generated images framed in red)
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/al_curve.py [--seeds 0,1,2] [--gan-steps 300]
+    .venv/bin/python benchmarks/al_curve.py --measure    # time one DGAAL run, then stop
+
+Resumable: the runs live in ``--work`` (default: a folder in the temp dir); run it again to
+continue after a kill.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+from dgaal_core.experiment import Experiment, ExperimentConfig, Schedule, parse_list
+from dgaal_core.ingest import create_pool, load_digits
+from dgaal_core.report import aggregate, headline, write_report
+from dgaal_core.round_parts import RoundConfig
+from export.round_backend import onnx_exporter
+
+HERE = Path(__file__).resolve().parent
+
+
+def noise_floor(pool: Path, round_config: RoundConfig, seeds: int = 5) -> dict:
+    """Test accuracy of T trained ``seeds`` times (only the training seed varies) on one fixed
+    labelled set: the noise every point of the curves carries."""
+    import numpy as np
+
+    from dgaal_core.config import derive_seed
+    from dgaal_core.data import ArraySource
+    from dgaal_core.models import build_task_model
+    from dgaal_core.pool import PoolReader
+    from dgaal_core.round_parts import PoolSource
+    from dgaal_core.schema import State
+    from dgaal_core.task import evaluate_task, train_task
+
+    accs = []
+    with PoolReader(pool) as r:
+        ids = r.ids(State.LABELLED)
+        test_x, test_y = r.read_test()
+        for s in range(seeds):
+            run = dataclasses.replace(round_config, seed=s).run_config(r.image_shape, r.num_classes)
+            task = build_task_model(run.model, derive_seed(s, "noise-floor"))
+            rng = np.random.default_rng(derive_seed(s, "noise-floor", "rng"))
+            train_task(task, PoolSource(r, ids, r.labels[ids]), run.train, rng)
+            test = ArraySource(test_x, test_y.astype(np.int64))
+            accs.append(evaluate_task(task, test, r.num_classes, device=run.train.device).accuracy)
+    return {
+        "pool": str(pool.name),
+        "labelled": int(ids.size),
+        "accuracies": [round(a, 4) for a in accs],
+        "mean": float(np.mean(accs)),
+        "sd": float(np.std(accs, ddof=1)),
+    }
+
+
+def _floor_text(floor: dict | None) -> str:
+    if not floor:
+        return ""
+    accs = ", ".join(f"{100 * a:.1f}" for a in floor["accuracies"])
+    return (
+        f"\nNoise floor: T trained {len(floor['accuracies'])} times on one fixed labelled set "
+        f"({floor['labelled']} images, the last round of random seed 0), only the training seed "
+        f"varying: {100 * floor['mean']:.1f} ± {100 * floor['sd']:.1f}% ({accs}). Differences "
+        "between strategies smaller than this are not resolved by 3 seeds.\n"
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--out", type=Path, default=HERE / "results" / "al_curve")
+    ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "dgaal-al-curve")
+    ap.add_argument("--strategies", default="dgaal,vaal,vaal-coevo,random")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--initial", type=float, default=0.1)
+    ap.add_argument("--step", type=float, default=0.05)
+    ap.add_argument("--until", type=float, default=0.4)
+    ap.add_argument("--gan-steps", type=int, default=None, help="default: the small preset's")
+    ap.add_argument("--task-epochs", type=int, default=None)
+    ap.add_argument("--coevolve-steps", type=int, default=None)
+    ap.add_argument("--measure", action="store_true", help="time one DGAAL run and stop")
+    args = ap.parse_args()
+
+    args.work.mkdir(parents=True, exist_ok=True)
+    source = args.work / "digits.h5"
+    if not source.exists():
+        create_pool(source, load_digits(seed=0), initial=args.initial, seed=0)
+    config = ExperimentConfig(
+        strategies=("dgaal",) if args.measure else parse_list(args.strategies),
+        seeds=(0,) if args.measure else parse_list(args.seeds, int),
+        schedule=Schedule(args.initial, args.step, args.until),
+        round=RoundConfig(
+            preset="small",
+            device="cpu",
+            gan_steps=args.gan_steps,
+            task_epochs=args.task_epochs,
+            coevolve_steps=args.coevolve_steps,
+        ),
+    )
+    work = args.work / ("measure" if args.measure else "experiment")
+    exp = Experiment(source, work, config, onnx_exporter(provider="cpu"), log=print)
+    print(f"schedule: labelled counts {exp.targets} of {exp.real}; {config.to_dict()}", flush=True)
+    wall_file = work / "wall_seconds.json"  # summed over invocations (kills and resumes)
+    before = json.loads(wall_file.read_text())["seconds"] if wall_file.exists() else 0.0
+    t0 = time.perf_counter()
+    results = exp.run()
+    wall = before + time.perf_counter() - t0
+    wall_file.write_text(json.dumps({"seconds": round(wall, 1)}))
+    print(f"wall time {wall:.0f} s (all invocations)")
+    if args.measure:
+        return
+
+    import torch
+
+    results["benchmark"] = {
+        "script": "benchmarks/al_curve.py",
+        "wall_seconds": round(wall, 1),
+        "round_seconds_total": round(
+            sum(row.get("seconds", 0) for run in results["runs"] for row in run["rounds"]), 1
+        ),
+        "machine": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+    }
+    if "random" in config.strategies:
+        floor = noise_floor(exp.pool_path("random", config.seeds[0]), config.round)
+        results["benchmark"]["task_noise_floor"] = floor
+    results["source"] = "built-in digits (scikit-learn), test split seed 0"
+    args.out.mkdir(parents=True, exist_ok=True)
+    for run in results["runs"]:  # the pools stay in the work folder
+        run["pool"] = str(Path("work") / run["pool"])
+    (args.out / "results.json").write_text(json.dumps(results, indent=1))
+    sheet = exp.pool_path("dgaal", config.seeds[0]) if "dgaal" in config.strategies else None
+    files = write_report(results, args.out, pool=sheet if sheet and sheet.exists() else None)
+    agg = aggregate(results)
+    summary = args.out / "summary.md"
+    b = results["benchmark"]
+    summary.write_text(
+        summary.read_text()
+        + "\n## Run\n\n"
+        + f"`{b['script']}` on {b['machine']}, {b['cpu_count']} CPU cores, torch {b['torch']} "
+        + f"with {b['torch_threads']} thread(s): {b['wall_seconds'] / 60:.1f} min wall time, "
+        + f"{b['round_seconds_total']:.0f} s inside the rounds.\n\n"
+        + (headline(agg) + "\n" if "random" in agg and "dgaal" in agg else "")
+        + _floor_text(b.get("task_noise_floor"))
+    )
+    for f in files:
+        print(f"wrote {f}")
+
+
+if __name__ == "__main__":
+    main()

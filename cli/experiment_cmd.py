@@ -1,0 +1,151 @@
+"""``dgaal experiment``: every strategy x seed on copies of a pool, round after round (the
+paper's protocol), into one ``results.json``; resumable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from .common import handle_errors
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from dgaal_core.report import Point
+
+
+def _number(value: str, name: str) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        raise typer.BadParameter(f"--{name}: a fraction (0.05) or a count (20)") from None
+
+
+def progress_line(message: str) -> None:
+    """One unwrapped progress line on stderr (the experiment's per-round log)."""
+    from .progress import console
+
+    console.print(message, soft_wrap=True, highlight=False, markup=False)
+
+
+def results_table(
+    agg: dict[str, list[Point]], title: str = "test accuracy (oracle queries)"
+) -> Table:
+    """A rich table: strategy x labelled ratio, cells ``accuracy% (queries)``."""
+    from rich.table import Table
+
+    ratios = sorted({round(100 * p.ratio, 1) for pts in agg.values() for p in pts})
+    table = Table(title=title)
+    table.add_column("strategy", style="bold")
+    for r in ratios:
+        table.add_column(f"{r:g}%", justify="right")
+    for strategy, pts in agg.items():
+        cells = {round(100 * p.ratio, 1): p for p in pts}
+        row = []
+        for r in ratios:
+            p = cells.get(r)
+            acc = "–" if p is None or p.acc_mean is None else f"{100 * p.acc_mean:.1f}%"
+            row.append("–" if p is None else f"{acc} ({p.queries:.0f})")
+        table.add_row(strategy, *row)
+    return table
+
+
+def experiment_command(
+    pool: Annotated[
+        Path, typer.Option("--pool", help="Source pool (needs ground truth and a test split).")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Experiment folder (results.json, runs/).")],
+    strategies: Annotated[
+        str,
+        typer.Option(help="Comma-separated: dgaal, vaal, vaal-coevo, random, entropy, coreset."),
+    ] = "dgaal,vaal,vaal-coevo,random",
+    seeds: Annotated[
+        str, typer.Option(help="Comma-separated seeds (one initial set each).")
+    ] = "0,1,2",
+    initial: Annotated[
+        str, typer.Option(help="Initial labelled set: a fraction of the real images or a count.")
+    ] = "0.1",
+    step: Annotated[
+        str, typer.Option(help="Images added per round: a fraction or a count.")
+    ] = "0.05",
+    until: Annotated[
+        str, typer.Option(help="Stop at this labelled size: a fraction or a count.")
+    ] = "0.4",
+    preset: Annotated[
+        str, typer.Option(help="small (CPUs, demos) | paper (the paper's sizes).")
+    ] = "small",
+    epochs: Annotated[
+        float | None, typer.Option(help="Algorithm 1 passes over the pools (preset default).")
+    ] = None,
+    gan_steps: Annotated[int | None, typer.Option(help="Algorithm 1 iterations per round.")] = None,
+    task_epochs: Annotated[int | None, typer.Option(help="Epochs of the task model T.")] = None,
+    coevolve_steps: Annotated[
+        int | None, typer.Option(help="D1 co-evolution steps (Eq. 9).")
+    ] = None,
+    depth_limit: Annotated[
+        int, typer.Option(help="Generated images of this depth are not copied again.")
+    ] = 2,
+    device: Annotated[str, typer.Option(help="Training device: auto | cpu | cuda.")] = "auto",
+    provider: Annotated[
+        str, typer.Option(help="onnxruntime provider: auto | cpu | cuda.")
+    ] = "auto",
+    report: Annotated[
+        bool, typer.Option("--report", help="Also write the report to OUT/report.")
+    ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No per-round lines.")] = False,
+) -> None:
+    """Run the active-learning protocol (strategies x seeds) into OUT/results.json.
+
+    For every strategy and seed: a fresh copy of POOL with a new initial labelled set (the same
+    for every strategy of a seed), then rounds of STEP images until UNTIL. Sizes are fractions of
+    the real images (< 1) or counts. Run it again to resume where it stopped.
+    """
+    from rich.console import Console
+
+    from dgaal_core.experiment import Experiment, ExperimentConfig, Schedule, parse_list
+    from dgaal_core.report import aggregate, write_report
+    from dgaal_core.round_parts import RoundConfig
+    from export.round_backend import onnx_exporter
+
+    try:
+        config = ExperimentConfig(
+            strategies=parse_list(strategies),
+            seeds=parse_list(seeds, int),
+            schedule=Schedule(
+                _number(initial, "initial"), _number(step, "step"), _number(until, "until")
+            ),
+            round=RoundConfig(
+                preset=preset, device=device, gan_steps=gan_steps, gan_epochs=epochs,
+                task_epochs=task_epochs, coevolve_steps=coevolve_steps, depth_limit=depth_limit,
+            ),
+        )  # fmt: skip
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+    if report:  # find out now, not after hours of rounds
+        from dgaal_core.report_plots import require_matplotlib
+
+        require_matplotlib()
+    log = (lambda *_: None) if quiet else progress_line
+    exp = Experiment(pool, out, config, onnx_exporter(provider=provider), log=log)
+    runs = len(config.strategies) * len(config.seeds)
+    log(
+        f"{runs} runs ({', '.join(config.strategies)} x seeds {list(config.seeds)}), "
+        f"labelled counts {exp.targets} of {exp.real} real images"
+    )
+    results = exp.run()
+    agg = aggregate(results)
+    stdout = Console()
+    stdout.print(results_table(agg))
+    stdout.print(f"results: {exp.results_path}")
+    if report:
+        for f in write_report(results, out / "report", base=out):
+            stdout.print(f"wrote {f}")
+    else:
+        stdout.print(f"plots: dgaal report --results {exp.results_path} --out {out / 'report'}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``experiment`` to the top-level app."""
+    app.command("experiment")(handle_errors(experiment_command))

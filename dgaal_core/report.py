@@ -1,0 +1,317 @@
+"""Reports of active-learning experiments: curves aggregated over seeds, a Markdown summary and
+the plots (the paper's Fig. 3/6 accuracy curves, Fig. 5 annotation cost, Fig. 4 selections).
+
+Input is a results dict: ``results.json`` of :class:`~dgaal_core.experiment.Experiment`, or one
+pool's round log (:func:`results_from_pool`). The plots need matplotlib (the ``report`` extra,
+imported lazily in :mod:`dgaal_core.report_plots`); the aggregation and the Markdown do not.
+"""
+
+from __future__ import annotations
+
+import itertools
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .experiment import load_results, run_results, strategies_of
+from .strategies import strategy_spec
+
+
+@dataclass(frozen=True)
+class Point:
+    """One round of one strategy, aggregated over the seeds that reached it."""
+
+    round: int
+    ratio: float  # labelled images / real images (mean over seeds)
+    labelled: float
+    seeds: int
+    acc_mean: float | None
+    acc_sd: float | None
+    acc_min: float | None
+    acc_max: float | None
+    queries: float  # cumulative oracle queries after this round (mean over seeds)
+    free: float  # cumulative free labels (generated images selected), mean over seeds
+
+
+def _mean(values: list[float]) -> float:
+    return float(statistics.fmean(values)) if values else float("nan")
+
+
+def aggregate(results: dict[str, Any]) -> dict[str, list[Point]]:
+    """Per strategy, one :class:`Point` per round number (round 0 = the initial set)."""
+    out: dict[str, list[Point]] = {}
+    for strategy in strategies_of(results):
+        by_round: dict[int, list[dict[str, Any]]] = {}
+        free_total: dict[tuple[int, int], float] = {}
+        for i, run in enumerate(r for r in results["runs"] if r["strategy"] == strategy):
+            total = 0.0
+            for row in run["rounds"]:
+                total += row.get("free_labels") or 0
+                free_total[(i, row["round"])] = total
+                by_round.setdefault(int(row["round"]), []).append({**row, "_run": i})
+        points = []
+        for n in sorted(by_round):
+            rows = by_round[n]
+            accs = [float(r["accuracy"]) for r in rows if r.get("accuracy") is not None]
+            points.append(
+                Point(
+                    round=n,
+                    ratio=_mean([float(r["labelled_ratio"]) for r in rows]),
+                    labelled=_mean([float(r["labelled"]) for r in rows]),
+                    seeds=len(rows),
+                    acc_mean=_mean(accs) if accs else None,
+                    acc_sd=float(statistics.stdev(accs))
+                    if len(accs) > 1
+                    else 0.0
+                    if accs
+                    else None,
+                    acc_min=min(accs) if accs else None,
+                    acc_max=max(accs) if accs else None,
+                    queries=_mean([float(r["oracle_queries_total"]) for r in rows]),
+                    free=_mean([free_total[(r["_run"], n)] for r in rows]),
+                )
+            )
+        out[strategy] = points
+    return out
+
+
+def results_from_pool(pool: Path) -> dict[str, Any]:
+    """A results dict holding one pool's curve (its round log, plus round 0 when the pool was
+    made by an experiment)."""
+    run = run_results(Path(pool))
+    if not run["rounds"]:
+        from .experiment import ExperimentError
+
+        raise ExperimentError(f"{pool}: no finished rounds to report on")
+    return {"format": "pool", "source": str(pool), "config": None, "runs": [run]}
+
+
+def accuracy_at_queries(points: list[Point], queries: float) -> float | None:
+    """Mean accuracy interpolated (linearly) at a cumulative query count, None outside the
+    curve's range."""
+    xs = [p.queries for p in points if p.acc_mean is not None]
+    ys = [p.acc_mean for p in points if p.acc_mean is not None]
+    if not xs or queries < xs[0] - 1e-9 or queries > xs[-1] + 1e-9:
+        return None
+    return float(np.interp(queries, xs, ys))
+
+
+def _pct(x: float | None, digits: int = 1) -> str:
+    return "–" if x is None else f"{100 * x:.{digits}f}"
+
+
+def _ratio_key(ratio: float) -> float:
+    return round(100 * ratio, 1)
+
+
+def _settings_lines(results: dict[str, Any]) -> list[str]:
+    cfg = results.get("config")
+    if not cfg:
+        return [f"Round log of `{results['source']}`."]
+    s = cfg["schedule"]
+    r = cfg["round"]
+    steps = ", ".join(
+        f"{k} {r[k]}"
+        for k in ("gan_steps", "gan_epochs", "task_epochs", "coevolve_steps")
+        if r.get(k) is not None
+    )
+    return [
+        f"Source: {results['source']}; {results['real_images']} real training images, "
+        f"{results['test_images']} test images, {results['num_classes']} classes.",
+        f"Schedule: initial {s['initial']}, +{s['step']} per round, until {s['until']} "
+        f"(labelled counts {results['targets']}); seeds {', '.join(map(str, cfg['seeds']))}; "
+        f"preset `{r['preset']}`" + (f" ({steps})" if steps else "") + ".",
+    ]
+
+
+def summary_markdown(results: dict[str, Any], agg: dict[str, list[Point]] | None = None) -> str:
+    """``summary.md``: accuracy (mean ± sd over seeds) and oracle queries per strategy and
+    labelled ratio, then accuracy at equal oracle queries."""
+    agg = aggregate(results) if agg is None else agg
+    ratios = sorted({_ratio_key(p.ratio) for pts in agg.values() for p in pts})
+    lines = ["# Active-learning results", "", *_settings_lines(results), ""]
+    lines += [
+        "## Test accuracy (%) by labelled ratio",
+        "",
+        "Mean ± sd over seeds; in brackets the cumulative oracle queries (mean), which exclude the "
+        "initial labelled set. Generated images picked by DGAAL are labelled for free, so it "
+        "reaches a ratio with fewer queries.",
+        "",
+        "| strategy | seeds | " + " | ".join(f"{r:g}%" for r in ratios) + " |",
+        "|---|---|" + "---|" * len(ratios),
+    ]
+    for strategy, pts in agg.items():
+        cells = {_ratio_key(p.ratio): p for p in pts}
+        row = []
+        for r in ratios:
+            p = cells.get(r)
+            if p is None:
+                row.append("–")
+            else:
+                sd = f" ± {_pct(p.acc_sd)}" if p.seeds > 1 else ""
+                row.append(f"{_pct(p.acc_mean)}{sd} ({p.queries:.0f})")
+        seeds = max((p.seeds for p in pts), default=0)
+        lines.append(f"| {strategy} | {seeds} | " + " | ".join(row) + " |")
+    lines += _equal_queries_section(agg)
+    lines += _cost_section(agg)
+    return "\n".join(lines) + "\n"
+
+
+def _equal_queries_section(agg: dict[str, list[Point]]) -> list[str]:
+    """Accuracy of every strategy at the query counts of a non-generating reference."""
+    ref = next((s for s in ("random", *agg) if s in agg and not _generates(s)), None)
+    if ref is None or len(agg) < 2:
+        return []
+    levels = [p.queries for p in agg[ref] if p.round > 0]
+    if not levels:
+        return []
+    lines = [
+        "",
+        "## Test accuracy (%) at equal oracle queries",
+        "",
+        f"Mean accuracy interpolated at {ref}'s cumulative query counts (– where a strategy's "
+        "curve does not reach that count).",
+        "",
+        "| strategy | " + " | ".join(f"{q:.0f} q" for q in levels) + " |",
+        "|---|" + "---|" * len(levels),
+    ]
+    for strategy, pts in agg.items():
+        row = [_pct(accuracy_at_queries(pts, q)) for q in levels]
+        lines.append(f"| {strategy} | " + " | ".join(row) + " |")
+    return lines
+
+
+def _cost_section(agg: dict[str, list[Point]]) -> list[str]:
+    """Queries per image added at the last round, as the paper's Fig. 5 discussion."""
+    lines = [
+        "",
+        "## Annotation cost at the last round",
+        "",
+        "| strategy | labelled ratio | images added | oracle queries | free labels | "
+        "queries / images added |",
+        "|---|---|---|---|---|---|",
+    ]
+    for strategy, pts in agg.items():
+        if not pts:
+            continue
+        first, last = pts[0], pts[-1]
+        added = last.labelled - first.labelled if first.round == 0 else None
+        share = "–" if not added else f"{100 * last.queries / added:.1f}%"
+        lines.append(
+            f"| {strategy} | {_pct(last.ratio)}% | {'–' if added is None else f'{added:.0f}'} | "
+            f"{last.queries:.0f} | {last.free:.1f} | {share} |"
+        )
+    return lines
+
+
+def _generates(strategy: str) -> bool:
+    try:
+        return strategy_spec(strategy).generate
+    except ValueError:
+        return False
+
+
+def _sheet_source(results: dict[str, Any], base: Path) -> Path | None:
+    """The pool whose selection the contact sheet shows: the first run of a generating
+    strategy (DGAAL), else the first run; relative paths resolve against ``base``."""
+    runs = sorted(results["runs"], key=lambda r: not _generates(r["strategy"]))
+    for run in runs:
+        path = Path(run["pool"])
+        path = path if path.is_absolute() else base / path
+        if path.exists():
+            return path
+    return None
+
+
+def write_report(
+    results: dict[str, Any],
+    out_dir: Path,
+    *,
+    pool: Path | None = None,
+    round_no: int | None = None,
+    base: Path | None = None,
+    band: str = "minmax",
+) -> list[Path]:
+    """Write ``summary.md`` and the PNG plots into ``out_dir``; returns the files written.
+
+    The contact sheet shows round ``round_no`` (default: the last) of ``pool``, or of the
+    results' first DGAAL run when ``pool`` is None (run paths relative to ``base``).
+    """
+    from . import report_plots as rp  # matplotlib: only now
+
+    rp.require_matplotlib()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    agg = aggregate(results)
+    title = rp.dataset_title(results)
+    written = [
+        rp.plot_accuracy(agg, out_dir / "accuracy.png", title=title, band=band),
+        rp.plot_queries(agg, out_dir / "oracle_queries.png", title=title),
+        rp.plot_accuracy_vs_queries(agg, out_dir / "accuracy_vs_queries.png", title=title),
+    ]
+    sheet_pool = pool if pool is not None else _sheet_source(results, base or Path("."))
+    if sheet_pool is not None:
+        sheet = rp.plot_selection(sheet_pool, out_dir / "selection.png", round_no=round_no)
+        if sheet is not None:
+            written.append(sheet)
+    summary = out_dir / "summary.md"
+    summary.write_text(summary_markdown(results, agg))
+    written.append(summary)
+    return written
+
+
+def report_from(
+    *, results_path: Path | None = None, pool: Path | None = None
+) -> tuple[dict[str, Any], Path]:
+    """Load a results dict from ``results.json`` or a pool; returns it and the folder its
+    relative run paths resolve against."""
+    if (results_path is None) == (pool is None):
+        from .experiment import ExperimentError
+
+        raise ExperimentError("give exactly one of --results and --pool")
+    if results_path is not None:
+        return load_results(results_path), Path(results_path).parent
+    assert pool is not None
+    return results_from_pool(pool), Path(pool).parent
+
+
+def _queries_to_reach(points: list[Point], accuracy: float) -> float | None:
+    """Cumulative queries at which a strategy's mean curve first reaches ``accuracy``
+    (linear between rounds), None if it never does."""
+    pts = [p for p in points if p.acc_mean is not None]
+    for a, b in itertools.pairwise(pts):
+        if a.acc_mean is not None and a.acc_mean >= accuracy:
+            return a.queries
+        if b.acc_mean is not None and a.acc_mean is not None and b.acc_mean >= accuracy:
+            t = (accuracy - a.acc_mean) / (b.acc_mean - a.acc_mean)
+            return a.queries + t * (b.queries - a.queries)
+    if pts and pts[-1].acc_mean is not None and pts[-1].acc_mean >= accuracy:
+        return pts[-1].queries
+    return None
+
+
+def headline(agg: dict[str, list[Point]], strategy: str = "dgaal", baseline: str = "random") -> str:
+    """One sentence a newcomer understands: final accuracy and oracle queries of ``strategy``,
+    and what ``baseline`` needed for the same accuracy."""
+    if not agg.get(strategy) or not agg.get(baseline):
+        return ""
+    s, b = agg[strategy][-1], agg[baseline][-1]
+    if s.acc_mean is None or b.acc_mean is None:
+        return ""
+    text = (
+        f"{strategy} reached {_pct(s.acc_mean)}% test accuracy with {s.queries:.0f} oracle "
+        f"queries ({s.free:.0f} more labels were free: generated images); "
+    )
+    need = _queries_to_reach(agg[baseline], s.acc_mean)
+    if need is None:
+        return text + (
+            f"{baseline} reached {_pct(b.acc_mean)}% with {b.queries:.0f} queries and never "
+            f"got to {_pct(s.acc_mean)}%."
+        )
+    return text + (
+        f"{baseline} needed {need:.0f} queries for that accuracy "
+        f"and reached {_pct(b.acc_mean)}% with {b.queries:.0f}."
+    )
