@@ -7,7 +7,6 @@ sentence comparing the two. ``--quick`` uses a subset and tiny schedules (second
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from .common import handle_errors
+from .common import handle_errors, set_torch_threads
 
 
 @dataclass(frozen=True)
@@ -37,15 +36,6 @@ class DemoSettings:
 
 FULL = DemoSettings("demo", None, None, ("dgaal", "random"), (0, 1), 0.05, 0.05, 0.25, 200, 15, 50)
 QUICK = DemoSettings("demo-quick", 300, 100, ("dgaal", "random"), (0,), 0.1, 0.1, 0.3, 8, 2, 4)
-
-
-def _one_thread_unless_asked() -> None:
-    """The demo's models are tiny: one intra-op thread is as fast as several, and several
-    spin-waiting OpenMP threads collapse when the cores are shared. OMP_NUM_THREADS wins."""
-    if "OMP_NUM_THREADS" not in os.environ:
-        import torch
-
-        torch.set_num_threads(1)
 
 
 def _digits_pool(path: Path, s: DemoSettings) -> None:
@@ -88,7 +78,7 @@ def demo_command(
     from .experiment_cmd import progress_line, results_table
 
     t0 = time.perf_counter()
-    _one_thread_unless_asked()
+    set_torch_threads("small")
     s = QUICK if quick else FULL
     workdir.mkdir(parents=True, exist_ok=True)
     source = workdir / f"{s.name}-pool.h5"

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from .common import handle_errors
+from .common import handle_errors, set_torch_threads
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -123,6 +123,7 @@ def experiment_command(
         )  # fmt: skip
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
+    set_torch_threads(preset)
     if report:  # find out now, not after hours of rounds
         from dgaal_core.report_plots import require_matplotlib
 

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from .common import SeedOpt, handle_errors
+from .common import SeedOpt, handle_errors, set_torch_threads
 
 PoolOpt = Annotated[Path, typer.Option("--pool", help="Pool file (e.g. pools.h5).")]
 
@@ -105,6 +105,7 @@ def round_command(
         )  # fmt: skip
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
+    set_torch_threads(preset)
     log = console.print if not quiet else (lambda *_: None)
     with StageProgress(enabled=not quiet) as bars:
         exporter = onnx_exporter(provider=provider, progress=bars.stage("Scoring candidates"))
