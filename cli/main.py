@@ -8,7 +8,16 @@ from __future__ import annotations
 
 import typer
 
-from . import demo_cmd, experiment_cmd, pool_cmd, report_cmd, round_cmd
+from . import (
+    demo_cmd,
+    experiment_cmd,
+    export_cmd,
+    generate_cmd,
+    pool_cmd,
+    report_cmd,
+    round_cmd,
+    score_cmd,
+)
 
 app = typer.Typer(
     name="dgaal",
@@ -23,6 +32,9 @@ round_cmd.register(app)
 experiment_cmd.register(app)
 report_cmd.register(app)
 demo_cmd.register(app)
+export_cmd.register(app)
+score_cmd.register(app)
+generate_cmd.register(app)
 
 
 if __name__ == "__main__":  # python -m cli.main

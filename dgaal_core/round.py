@@ -38,7 +38,7 @@ from .oracle import read_answers, simulated_answers, write_query_package
 from .pool import PoolReader
 from .pool_writer import PoolWriter
 from .round_parts import Exporter, PoolSource, RoundConfig, ServedModels, task_outputs
-from .schema import Origin, State
+from .schema import Origin, State, round_dir, work_dir
 from .strategies import (
     select_coreset,
     select_lowest,
@@ -54,16 +54,6 @@ Log = Callable[[str], None]
 
 class AwaitingLabelsError(DgaalError):
     """The round is waiting for a person's answers (``dgaal label``)."""
-
-
-def work_dir(pool_path: Path) -> Path:
-    """Default work folder of a pool: ``pools.dgaal/`` beside ``pools.h5``."""
-    return pool_path.with_name(pool_path.stem + ".dgaal")
-
-
-def round_dir(workdir: Path, n: int) -> Path:
-    """Folder of round ``n``'s checkpoints, ONNX files and query package."""
-    return workdir / f"round-{n:04d}"
 
 
 class Round:

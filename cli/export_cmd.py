@@ -1,0 +1,153 @@
+"""``dgaal export``: a round's G1 + D1 and G as checked ONNX files (sampler.onnx, generator.onnx).
+
+torch is imported inside the command only (``dgaal --help`` stays light).
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from dgaal_core.errors import DgaalError
+
+from .common import SeedOpt, handle_errors, human_bytes
+
+PoolOpt = Annotated[
+    Path, typer.Option("--pool", help="Pool file (e.g. pools.h5).", show_default=False)
+]
+
+
+class PresetName(str, Enum):
+    """Model presets of ``dgaal_core.config.preset`` (used with ``--untrained``)."""
+
+    small = "small"
+    paper = "paper"
+
+
+PARITY_IMAGES = 256
+CALIBRATION_IMAGES = 256
+
+
+@handle_errors
+def export(
+    pool: PoolOpt,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out", help="Output folder. Default: the round's folder beside the checkpoint."
+        ),
+    ] = None,
+    round_index: Annotated[
+        int | None,
+        typer.Option("--round", help="Round whose checkpoint to export (default: the latest)."),
+    ] = None,
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option("--checkpoint", help="Export this checkpoint file instead of a round's."),
+    ] = None,
+    untrained: Annotated[
+        bool,
+        typer.Option("--untrained", help="Export freshly initialised models (tests, benchmarks)."),
+    ] = False,
+    preset: Annotated[
+        PresetName, typer.Option("--preset", help="Model preset for --untrained.")
+    ] = PresetName.small,
+    int8: Annotated[
+        bool,
+        typer.Option(
+            "--int8",
+            help="Also write sampler.int8.onnx for CPUs, kept only if its selection agrees "
+            "with fp32 on >= 99% of ids, alone or with fp32 rescoring of its lowest scores "
+            "(`dgaal score` then rescores automatically).",
+        ),
+    ] = False,
+    int8_images: Annotated[
+        int, typer.Option("--int8-images", help="Pool images to compare int8 with fp32 on.")
+    ] = 4096,
+    fp16: Annotated[
+        bool, typer.Option("--fp16", help="Also write fp16 models (for GPUs).")
+    ] = False,
+    triton: Annotated[
+        Path | None,
+        typer.Option("--triton", help="Also write a Triton Inference Server model repository."),
+    ] = None,
+    dynamo: Annotated[
+        bool,
+        typer.Option("--dynamo/--torchscript", help="torch.onnx exporter (default TorchScript)."),
+    ] = False,
+    seed: SeedOpt = 0,
+) -> None:
+    """Export the sampler (uint8 images -> score, latent) and the generator (uint8 -> uint8).
+
+    Loads ``<pool stem>.dgaal/round-NNNN/checkpoint.pt`` (or --checkpoint), exports both graphs
+    with the pixel transforms inside, runs the ONNX checker and a parity check against PyTorch on
+    pool images, and writes the files only if every check passes.
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    from dgaal_core.pool import PoolReader
+    from export import names
+    from export.pipeline import export_round, load_models, sample_pool_images
+
+    err = Console(stderr=True)
+    if untrained and checkpoint is not None:
+        raise DgaalError("--untrained and --checkpoint exclude each other")
+    models = load_models(
+        pool,
+        round_index=round_index,
+        checkpoint=checkpoint,
+        untrained_preset=preset.value if untrained else None,
+        seed=seed,
+    )
+    if out is None:
+        if untrained:
+            raise DgaalError("--out DIR is needed with --untrained")
+        out = checkpoint.parent if checkpoint else names.round_dir(pool, models.round_index)
+    with PoolReader(pool) as reader:
+        parity = sample_pool_images(reader, PARITY_IMAGES, seed)
+        calib = agree = None
+        if int8:
+            calib = sample_pool_images(reader, CALIBRATION_IMAGES, seed + 1)
+            agree = sample_pool_images(reader, int8_images, seed + 2)
+    with err.status(f"exporting {models.source} (round {models.round_index})...", spinner="dots"):
+        report = export_round(
+            models, out, parity, int8=int8, calibration_images=calib, agreement_images=agree,
+            fp16=fp16, triton_dir=triton, dynamo=dynamo, seed=seed,
+        )  # fmt: skip
+    table = Table(title=f"exported in {report.seconds:.1f} s", title_justify="left")
+    for col in ("file", "size", "check"):
+        table.add_column(col)
+    sp, gp = report.sampler_parity, report.generator_parity
+    table.add_row(
+        str(report.sampler),
+        human_bytes(report.sampler.stat().st_size),
+        f"score diff {sp.score_max_abs_diff:.1e}, lowest {sp.selected} of {sp.images} same",
+    )
+    table.add_row(
+        str(report.generator),
+        human_bytes(report.generator.stat().st_size),
+        f"max pixel diff {gp.max_pixel_diff} on {gp.images} images",
+    )
+    if report.int8 is not None and report.int8.path is not None:
+        size = human_bytes(report.int8.path.stat().st_size)
+        i8 = report.int8
+        check = f"{i8.mode}: agreement {i8.agreement:.1%}, cascaded {i8.cascade_agreement:.1%}"
+        table.add_row(str(i8.path), size, check)
+    for p in report.fp16:
+        table.add_row(str(p), human_bytes(p.stat().st_size), "fp16, checked on CPU")
+    Console().print(table)
+    if report.int8 is not None:
+        typer.echo(report.int8.message)
+    if report.fp16_message:
+        typer.echo(report.fp16_message)
+    if report.triton:
+        typer.echo(f"triton model repository: {triton} ({len(report.triton)} files)")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``export`` to the top-level app."""
+    app.command("export")(export)

@@ -1,0 +1,206 @@
+"""The whole export of one round: models in, checked ONNX files (and optional variants) out.
+
+:func:`export_round` writes into a temporary folder inside ``out_dir`` and moves each file into
+place only after every check passed, so a failed export leaves the previous files untouched.
+:func:`load_models` finds what to export: a round's checkpoint in the pool's work directory
+(``<pool stem>.dgaal/round-NNNN/checkpoint.pt``), a given checkpoint file, or, for tests and
+benchmarks, freshly initialised models from a preset.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from dgaal_core.config import ModelConfig, preset
+from dgaal_core.models import Generator, LatentDiscriminator, build_models
+from dgaal_core.pool import PoolReader
+from dgaal_core.schema import State
+
+from . import names
+from .errors import CheckpointNotFoundError, ModelMismatchError
+from .onnx_export import GeneratorParity, SamplerParity, export_generator, export_sampler
+from .quantize import Int8Report, convert_fp16, quantize_sampler_int8
+from .triton import write_triton_repository
+
+
+@dataclass
+class ExportedModels:
+    """What to export: G, D1, their config, the round they belong to and where they came from."""
+
+    g: Generator
+    d1: LatentDiscriminator
+    config: ModelConfig
+    round_index: int
+    source: str
+
+
+@dataclass
+class ExportReport:
+    """Files written by :func:`export_round` and the checks they passed."""
+
+    sampler: Path
+    generator: Path
+    sampler_parity: SamplerParity
+    generator_parity: GeneratorParity
+    int8: Int8Report | None = None
+    fp16: list[Path] = field(default_factory=list)
+    fp16_message: str = ""
+    triton: list[Path] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def latest_round(pool_path: str | Path) -> int | None:
+    """Highest round number with a checkpoint in the pool's work directory, or None."""
+    rounds = []
+    wd = names.work_dir(pool_path)
+    if wd.is_dir():
+        for p in wd.iterdir():
+            m = re.fullmatch(r"round-(\d+)", p.name)
+            if m and (p / names.CHECKPOINT_FILE).is_file():
+                rounds.append(int(m.group(1)))
+    return max(rounds) if rounds else None
+
+
+def load_models(
+    pool_path: str | Path,
+    *,
+    round_index: int | None = None,
+    checkpoint: str | Path | None = None,
+    untrained_preset: str | None = None,
+    seed: int = 0,
+) -> ExportedModels:
+    """G and D1 to export for the pool at ``pool_path`` (see the module docstring)."""
+    with PoolReader(pool_path) as reader:
+        image_shape, num_classes = reader.image_shape, reader.num_classes
+    if untrained_preset is not None:
+        config = preset(untrained_preset, image_shape, num_classes).model
+        models = build_models(config, seed)
+        r = 0 if round_index is None else round_index
+        return ExportedModels(models.g, models.d1, config, r, f"untrained {untrained_preset}")
+    from dgaal_core.checkpoint import load_checkpoint, run_config_of
+
+    if checkpoint is None:
+        found = latest_round(pool_path) if round_index is None else round_index
+        path = None if found is None else names.round_dir(pool_path, found) / names.CHECKPOINT_FILE
+        if path is None or not path.is_file():
+            where = names.work_dir(pool_path) if path is None else path
+            raise CheckpointNotFoundError(
+                f"no checkpoint to export at {where} (no round has finished yet); run a round "
+                f"first, or pass --checkpoint FILE, or --untrained for freshly initialised models"
+            )
+        checkpoint = path
+    checkpoint = Path(checkpoint)
+    if not checkpoint.is_file():
+        raise CheckpointNotFoundError(f"{checkpoint}: no such checkpoint file")
+    ckpt = load_checkpoint(checkpoint)
+    config = run_config_of(ckpt).model
+    if tuple(config.image_shape) != tuple(image_shape):
+        raise ModelMismatchError(
+            f"{checkpoint}: trained on {list(config.image_shape)} images, pool {pool_path} holds "
+            f"{list(image_shape)}"
+        )
+    g, d1 = Generator(config), LatentDiscriminator(config.latent_dim, config.d1_hidden)
+    g.load_state_dict(ckpt["models"]["g"])
+    d1.load_state_dict(ckpt["models"]["d1"])
+    r = int(ckpt.get("round", 0)) if round_index is None else round_index
+    return ExportedModels(g, d1, config, r, str(checkpoint))
+
+
+def sample_pool_images(reader: PoolReader, count: int, seed: int = 0, skip: int = 0) -> np.ndarray:
+    """Up to ``count`` images drawn (seeded, without repeats) from the pool's candidates, or from
+    all rows when it has too few; ``skip`` leaves out the first ``skip`` draws (disjoint sets)."""
+    ids = reader.ids(State.UNLABELLED)
+    if ids.size < min(count + skip, reader.num_rows):
+        ids = reader.ids()
+    order = np.random.default_rng(seed).permutation(ids.size)
+    chosen = np.sort(ids[order[skip : skip + count]])
+    return reader.read_images(chosen)
+
+
+def export_round(
+    models: ExportedModels,
+    out_dir: str | Path,
+    parity_images: np.ndarray,
+    *,
+    int8: bool = False,
+    calibration_images: np.ndarray | None = None,
+    agreement_images: np.ndarray | None = None,
+    int8_min_agreement: float = 0.99,
+    fp16: bool = False,
+    triton_dir: str | Path | None = None,
+    dynamo: bool = False,
+    seed: int = 0,
+) -> ExportReport:
+    """Export, check and publish sampler.onnx and generator.onnx (+ variants) in ``out_dir``."""
+    start = time.perf_counter()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".export-", dir=out_dir) as tmp_name:
+        tmp = Path(tmp_name)
+        s_path, g_path = tmp / names.SAMPLER_FILE, tmp / names.GENERATOR_FILE
+        sp = export_sampler(
+            models.g, models.d1, models.config, s_path, parity_images,
+            round_index=models.round_index, dynamo=dynamo,
+        )  # fmt: skip
+        gp = export_generator(
+            models.g, models.config, g_path, parity_images,
+            round_index=models.round_index, dynamo=dynamo, seed=seed,
+        )  # fmt: skip
+        report = ExportReport(s_path, g_path, sp, gp)
+        if int8:
+            calib = parity_images if calibration_images is None else calibration_images
+            agree = parity_images if agreement_images is None else agreement_images
+            report.int8 = quantize_sampler_int8(
+                s_path, tmp / names.SAMPLER_INT8_FILE, calib, agree,
+                min_agreement=int8_min_agreement,
+            )  # fmt: skip
+        if fp16:
+            report.fp16, report.fp16_message = _fp16(s_path, g_path, tmp, parity_images, seed)
+        published = _publish(tmp, out_dir)
+    report.sampler, report.generator = published[s_path.name], published[g_path.name]
+    if report.int8 is not None and report.int8.path is not None:
+        report.int8 = _moved(report.int8, published[names.SAMPLER_INT8_FILE])
+    report.fp16 = [published[p.name] for p in report.fp16]
+    if triton_dir is not None:
+        report.triton = write_triton_repository(triton_dir, report.sampler, report.generator)
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _fp16(
+    s_path: Path, g_path: Path, tmp: Path, images: np.ndarray, seed: int
+) -> tuple[list[Path], str]:
+    try:
+        from .runtime import Generator as OrtGenerator
+
+        noise = OrtGenerator(g_path, provider="cpu").draw_noise_scales(seed)
+        s16, ds = convert_fp16(s_path, tmp / names.SAMPLER_FP16_FILE, images, None)
+        g16, dg = convert_fp16(g_path, tmp / names.GENERATOR_FP16_FILE, images, noise)
+    except ImportError as e:
+        return [], f"fp16 skipped: onnxruntime.transformers is not importable ({e})"
+    except ValueError as e:
+        return [], f"fp16 refused: {e}"
+    return [s16, g16], f"fp16 written (checked on CPU: score diff {ds:.2g}, pixel diff {dg:.0f})"
+
+
+def _publish(tmp: Path, out_dir: Path) -> dict[str, Path]:
+    """Move every file of ``tmp`` into ``out_dir`` (same file system: atomic per file)."""
+    placed = {}
+    for p in sorted(tmp.iterdir()):
+        if p.is_file() and p.suffix == ".onnx":
+            target = out_dir / p.name
+            os.replace(p, target)
+            placed[p.name] = target
+    return placed
+
+
+def _moved(report: Int8Report, path: Path) -> Int8Report:
+    return dataclasses.replace(report, path=path)

@@ -1,0 +1,237 @@
+"""Scoring and generation with onnxruntime: serving ``sampler.onnx`` and ``generator.onnx``.
+
+Imports numpy, onnxruntime and the torch-free pool reader only, so another service can embed it
+without PyTorch (a test enforces this).
+
+>>> sampler = Sampler("round-0003/sampler.onnx")          # CUDA when present, else CPU
+>>> result = sampler.score_pool("pools.h5")               # all candidates, streamed from HDF5
+>>> chosen = select_lowest(result.ids, result.scores, 500)
+>>> gen = Generator("round-0003/generator.onnx")
+>>> x_g = gen.generate(images, gen.draw_noise_scales(seed))
+
+Pool scoring reads contiguous chunks of candidate ids on a background thread
+(:meth:`dgaal_core.pool.PoolReader.iter_batches`), so disk and compute overlap, and keeps only
+``prefetch + 1`` batches of images alive: memory stays flat in the pool size (plus 12 bytes per
+candidate for the ids and scores returned).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from dgaal_core.errors import DgaalError
+from dgaal_core.pool import PoolReader
+from dgaal_core.schema import STATE_NAMES, State
+
+from . import names
+from .errors import ModelFileError
+from .sessions import ModelInfo, ModelSession
+
+Progress = Callable[[int, int], None]  # (images done, images total)
+
+__all__ = [
+    "Generator",
+    "ModelInfo",
+    "PoolScores",
+    "Sampler",
+    "parse_state",
+    "select_lowest",
+]
+
+
+def select_lowest(ids: np.ndarray | Sequence[int], scores: np.ndarray, n: int) -> np.ndarray:
+    """The ``n`` ids with the lowest scores, ascending by score; ties broken by smaller id.
+
+    Deterministic whatever the input order. NaN scores sort last (never selected before a number).
+    """
+    ids = np.asarray(ids, dtype=np.int64)
+    scores = np.asarray(scores)
+    if ids.shape != scores.shape or ids.ndim != 1:
+        raise ValueError(f"ids {ids.shape} and scores {scores.shape} must be equal 1-d shapes")
+    n = max(0, min(int(n), ids.size))
+    if n == 0:
+        return np.zeros(0, np.int64)
+    key = np.where(np.isnan(scores), np.inf, scores).astype(np.float64)
+    if n < ids.size:  # preselect everything <= the n-th score (ties included), then sort exactly
+        kth = np.partition(key, n - 1)[n - 1]
+        keep = np.flatnonzero(key <= kth)
+        ids, key = ids[keep], key[keep]
+    order = np.lexsort((ids, key))  # last key is primary: score, then id
+    return ids[order[:n]]
+
+
+def parse_state(state: State | str | None) -> State | None:
+    """``"unlabelled"`` or ``State.UNLABELLED`` -> State; ``None`` or ``"all"`` -> None (all)."""
+    if state is None or isinstance(state, State):
+        return state
+    if state == "all":
+        return None
+    by_name = {v: k for k, v in STATE_NAMES.items()}
+    if state not in by_name:
+        raise DgaalError(f"--state: expected all or one of {', '.join(by_name)}, got {state!r}")
+    return by_name[state]
+
+
+@dataclass(frozen=True)
+class PoolScores:
+    """Scores of pool rows: ``ids`` ascending (int64), ``scores`` float32 aligned with them."""
+
+    ids: np.ndarray
+    scores: np.ndarray
+    latents: np.ndarray | None
+    seconds: float
+
+    @property
+    def images_per_second(self) -> float:
+        """Throughput of the whole pass (reading included)."""
+        return self.ids.size / self.seconds if self.seconds > 0 else float("nan")
+
+
+def _chunks(n: int, size: int) -> range:
+    return range(0, n, max(1, size))
+
+
+class Sampler(ModelSession):
+    """``sampler.onnx``: uint8 images -> (score = D1(G1(x)), latent z). Lower score = select."""
+
+    kind = names.KIND_SAMPLER
+    inputs = names.SAMPLER_INPUTS
+    outputs = names.SAMPLER_OUTPUTS
+
+    def score(
+        self, images: np.ndarray, batch_size: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``images`` uint8 [n, H, W, C] -> (scores float32 [n], latents float32 [n, z_dim])."""
+        self.info.check_images(images)
+        bs = batch_size or self.default_batch_size
+        scores = np.empty(images.shape[0], np.float32)
+        latents = np.empty((images.shape[0], self.info.z_dim), np.float32)
+        for i in _chunks(images.shape[0], bs):
+            s, z = self.run({names.IMAGES: images[i : i + bs]})
+            scores[i : i + bs], latents[i : i + bs] = s, z
+        return scores, latents
+
+    def check_pool(self, reader: PoolReader) -> None:
+        """Raise :class:`~export.errors.ModelMismatchError` unless the pool's images fit."""
+        self.info.check_pool_shape(self.path, reader.path, reader.image_shape)
+
+    def score_pool(
+        self,
+        pool: str | Path | PoolReader,
+        ids: np.ndarray | Sequence[int] | None = None,
+        *,
+        state: State | str | None = State.UNLABELLED,
+        batch_size: int | None = None,
+        prefetch: int = 2,
+        return_latents: bool = False,
+        progress: Progress | None = None,
+    ) -> PoolScores:
+        """Score pool rows ``ids`` (default: every row in ``state``; ``state=None``: all rows).
+
+        Streams contiguous chunks of ids from HDF5 with ``prefetch`` batches read ahead on a
+        background thread. Returns ids in ascending order with their scores.
+        """
+        reader = pool if isinstance(pool, PoolReader) else PoolReader(pool)
+        try:
+            self.check_pool(reader)
+            if ids is None:
+                chosen = reader.ids(parse_state(state))
+            else:
+                chosen = np.unique(np.asarray(ids, dtype=np.int64))
+                if chosen.size and (chosen[0] < 0 or chosen[-1] >= reader.num_rows):
+                    raise DgaalError(
+                        f"{reader.path}: ids must lie in [0, {reader.num_rows}), got "
+                        f"{chosen[0]}..{chosen[-1]}"
+                    )
+            n, bs = chosen.size, batch_size or self.default_batch_size
+            scores = np.empty(n, np.float32)
+            latents = np.empty((n, self.info.z_dim), np.float32) if return_latents else None
+            start, done = time.perf_counter(), 0
+            if progress is not None:
+                progress(0, n)
+            for batch_ids, images in reader.iter_batches(chosen, bs, prefetch=prefetch):
+                s, z = self.run({names.IMAGES: images})
+                k = batch_ids.size
+                scores[done : done + k] = s
+                if latents is not None:
+                    latents[done : done + k] = z
+                done += k
+                if progress is not None:
+                    progress(done, n)
+            assert done == n, (done, n)
+            return PoolScores(chosen, scores, latents, time.perf_counter() - start)
+        finally:
+            if reader is not pool:
+                reader.close()
+
+
+class Generator(ModelSession):
+    """``generator.onnx``: uint8 images + noise-head scales -> uint8 images G(x), same shape."""
+
+    kind = names.KIND_GENERATOR
+    inputs = names.GENERATOR_INPUTS
+    outputs = names.GENERATOR_OUTPUTS
+
+    def __init__(
+        self, path: str | Path, provider: str = "auto", threads: int | None = None
+    ) -> None:
+        super().__init__(path, provider, threads)
+        dims = self.session.get_inputs()[1].shape
+        if len(dims) != 1 or not isinstance(dims[0], int):
+            raise ModelFileError(f"{self.path}: noise_scales must have one static dimension")
+        self.noise_channels = int(dims[0])
+        if self.info.noise_channels not in (0, self.noise_channels):
+            raise ModelFileError(
+                f"{self.path}: metadata says {self.info.noise_channels} noise channels, "
+                f"graph takes {self.noise_channels}"
+            )
+
+    def draw_noise_scales(self, seed: int | np.random.Generator) -> np.ndarray:
+        """Fresh noise-head scales, float32 [noise_channels], uniform in the exported range."""
+        rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+        low, high = self.info.noise_range
+        return rng.uniform(low, high, self.noise_channels).astype(np.float32)
+
+    def generate(
+        self, images: np.ndarray, noise_scales: np.ndarray, batch_size: int | None = None
+    ) -> np.ndarray:
+        """``images`` uint8 [n, H, W, C] -> G(images) uint8 [n, H, W, C], ready to append."""
+        self.info.check_images(images)
+        noise = np.asarray(noise_scales, dtype=np.float32)
+        if noise.shape != (self.noise_channels,):
+            raise DgaalError(
+                f"noise_scales: expected float32 [{self.noise_channels}], got {list(noise.shape)}"
+            )
+        bs = batch_size or self.default_batch_size
+        out = np.empty_like(images)
+        for i in _chunks(images.shape[0], bs):
+            feeds = {names.IMAGES: images[i : i + bs], names.NOISE_SCALES: noise}
+            out[i : i + bs] = self.run(feeds)[0]
+        return out
+
+    def generate_pool(
+        self,
+        pool: str | Path | PoolReader,
+        ids: np.ndarray | Sequence[int],
+        noise_scales: np.ndarray,
+        batch_size: int | None = None,
+    ) -> np.ndarray:
+        """G(x) for pool rows ``ids``, in the order given (uint8 [len(ids), H, W, C])."""
+        reader = pool if isinstance(pool, PoolReader) else PoolReader(pool)
+        try:
+            self.info.check_pool_shape(self.path, reader.path, reader.image_shape)
+            ids = np.asarray(ids, dtype=np.int64)
+            if ids.size and (ids.min() < 0 or ids.max() >= reader.num_rows):
+                raise DgaalError(
+                    f"{reader.path}: ids must lie in [0, {reader.num_rows}), got "
+                    f"{ids.min()}..{ids.max()}"
+                )
+            return self.generate(reader.read_images(ids), noise_scales, batch_size)
+        finally:
+            if reader is not pool:
+                reader.close()

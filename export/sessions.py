@@ -1,0 +1,234 @@
+"""onnxruntime sessions for dgaal models: provider choice, session options, metadata checks.
+
+Imports numpy and onnxruntime only (never torch). One :class:`ModelSession` per model per process.
+
+Provider choice (``provider="auto"``): the CUDA execution provider only when this onnxruntime
+build has it *and* a CUDA device really answers (``libcuda`` loads and ``cuDeviceGetCount`` > 0),
+so CPU machines never see CUDA loader errors; the CPU provider otherwise. ``"cuda"`` insists
+(:class:`~export.errors.ProviderError` when it cannot load), ``"cpu"`` never tries CUDA.
+``cuInit`` runs in the calling process: do not fork a process that then uses CUDA afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import onnxruntime as ort
+
+from . import names
+from .errors import ModelFileError, ModelMismatchError, ProviderError
+
+ProviderName = Literal["auto", "cpu", "cuda"]
+PROVIDERS: tuple[str, ...] = ("auto", "cpu", "cuda")
+CUDA_EP = "CUDAExecutionProvider"
+CPU_EP = "CPUExecutionProvider"
+
+
+@cache
+def cuda_device_count() -> int:
+    """CUDA devices usable by onnxruntime here (0 without the CUDA EP, driver or device)."""
+    if CUDA_EP not in ort.get_available_providers():
+        return 0
+    try:
+        lib = ctypes.CDLL("nvcuda.dll" if sys.platform == "win32" else "libcuda.so.1")
+        if lib.cuInit(0) != 0:
+            return 0
+        count = ctypes.c_int(0)
+        if lib.cuDeviceGetCount(ctypes.byref(count)) != 0:
+            return 0
+    except (OSError, AttributeError):
+        return 0
+    with contextlib.suppress(Exception):  # CUDA/cuDNN from the nvidia-* wheels, if installed
+        ort.preload_dlls(directory="")
+    return int(count.value)
+
+
+def physical_cores() -> int:
+    """Physical cores among the CPUs this process may run on (SMT siblings counted once)."""
+    try:
+        allowed = set(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        allowed = set(range(os.cpu_count() or 1))
+    cores: set[tuple[str, str]] = set()
+    proc, phys = -1, ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key, value = key.strip(), value.strip()
+                if key == "processor":
+                    proc = int(value)
+                elif key == "physical id":
+                    phys = value
+                elif key == "core id" and proc in allowed:
+                    cores.add((phys, value))
+    except (OSError, ValueError):
+        cores.clear()
+    return max(1, min(len(cores) or len(allowed), len(allowed)))
+
+
+def session_options(threads: int | None = None) -> ort.SessionOptions:
+    """Sequential execution, all graph optimisations, intra-op threads = physical cores."""
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = int(threads) if threads else physical_cores()
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3  # errors only: no provider-fallback chatter
+    return so
+
+
+def resolve_provider(provider: str) -> str:
+    """``"auto"`` -> ``"cuda"`` or ``"cpu"``; ``"cuda"`` without a device -> ProviderError."""
+    if provider not in PROVIDERS:
+        raise ProviderError(f"--provider: expected one of {', '.join(PROVIDERS)}, got {provider!r}")
+    if provider == "cpu":
+        return "cpu"
+    if cuda_device_count() > 0:
+        return "cuda"
+    if provider == "cuda":
+        why = (
+            "this onnxruntime build has no CUDA execution provider"
+            if CUDA_EP not in ort.get_available_providers()
+            else "no CUDA device or driver found"
+        )
+        raise ProviderError(f"provider 'cuda' asked for, but {why}; use --provider cpu")
+    return "cpu"
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a dgaal model's metadata says about it."""
+
+    kind: str
+    image_shape: tuple[int, int, int]
+    z_dim: int
+    noise_channels: int
+    noise_range: tuple[float, float]
+    round: int
+    config_hash: str
+    precision: str
+    dgaal_version: str
+    metadata: dict[str, str]
+
+    def check_images(self, images: np.ndarray, what: str = "images") -> None:
+        """Raise :class:`ModelMismatchError` unless ``images`` is uint8 [n, H, W, C] as expected."""
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != self.image_shape:
+            raise ModelMismatchError(
+                f"{what}: expected uint8 [n, {', '.join(map(str, self.image_shape))}], "
+                f"got {images.dtype} {list(images.shape)}"
+            )
+
+    def check_pool_shape(self, model: Path, pool: Path, pool_shape: Sequence[int]) -> None:
+        """Raise :class:`ModelMismatchError` if the pool's (H, W, C) differs from the model's."""
+        shape = tuple(int(v) for v in pool_shape)
+        if shape == self.image_shape:
+            return
+        mh, mw, mc = self.image_shape
+        ph, pw, pc = shape
+        what = f"{mc} channel(s), pool has {pc}" if mc != pc else f"{mh}x{mw}, pool has {ph}x{pw}"
+        raise ModelMismatchError(
+            f"{model}: the model takes {mh}x{mw}x{mc} images, pool {pool} holds {ph}x{pw}x{pc} "
+            f"({what})"
+        )
+
+
+def _parse_info(path: Path, meta: dict[str, str], kind: str) -> ModelInfo:
+    if names.META_KIND not in meta:
+        raise ModelFileError(f"{path}: an ONNX model without dgaal metadata (not a dgaal {kind})")
+    if meta[names.META_KIND] != kind:
+        raise ModelFileError(f"{path}: a dgaal {meta[names.META_KIND]} model, expected a {kind}")
+    try:
+        version = int(meta[names.META_FORMAT])
+        shape = tuple(int(v) for v in json.loads(meta[names.META_IMAGE_SHAPE]))
+        low, high = (float(v) for v in json.loads(meta.get(names.META_NOISE_RANGE, "[1, 1]")))
+        info = ModelInfo(
+            kind=kind,
+            image_shape=shape,  # type: ignore[arg-type]
+            z_dim=int(meta.get(names.META_Z_DIM, "0")),
+            noise_channels=int(meta.get(names.META_NOISE_CHANNELS, "0")),
+            noise_range=(low, high),
+            round=int(meta.get(names.META_ROUND, "-1")),
+            config_hash=meta.get(names.META_CONFIG_HASH, ""),
+            precision=meta.get(names.META_PRECISION, "fp32"),
+            dgaal_version=meta.get(names.META_VERSION, ""),
+            metadata=dict(meta),
+        )
+    except (KeyError, ValueError, TypeError) as e:
+        raise ModelFileError(f"{path}: damaged dgaal metadata ({e!r})") from None
+    if version != names.FORMAT_VERSION:
+        raise ModelFileError(
+            f"{path}: dgaal model format {version}, this dgaal reads {names.FORMAT_VERSION}"
+        )
+    if len(info.image_shape) != 3:
+        raise ModelFileError(f"{path}: metadata image_shape must be [H, W, C]")
+    return info
+
+
+class ModelSession:
+    """One onnxruntime session over a dgaal model file of a given ``kind``, checked on load."""
+
+    kind = ""
+    inputs: tuple[str, ...] = ()
+    outputs: tuple[str, ...] = ()
+
+    def __init__(
+        self, path: str | Path, provider: str = "auto", threads: int | None = None
+    ) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            what = "is a directory, not a model file" if self.path.is_dir() else "no such file"
+            raise ModelFileError(f"{self.path}: {what}")
+        self.provider = resolve_provider(provider)
+        providers: list[Any] = [CPU_EP]
+        if self.provider == "cuda":
+            providers = [(CUDA_EP, {"device_id": 0}), CPU_EP]
+        try:
+            self.session = ort.InferenceSession(
+                str(self.path), sess_options=session_options(threads), providers=providers
+            )
+        except Exception as e:  # onnxruntime raises its own classes for parse/load failures
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise ModelFileError(f"{self.path}: not a loadable ONNX model ({first})") from None
+        if self.provider == "cuda" and self.session.get_providers()[0] != CUDA_EP:
+            raise ProviderError(f"{self.path}: the CUDA execution provider failed to load")
+        meta = dict(self.session.get_modelmeta().custom_metadata_map)
+        self.info = _parse_info(self.path, meta, self.kind)
+        got_in = tuple(i.name for i in self.session.get_inputs())
+        got_out = tuple(o.name for o in self.session.get_outputs())
+        if got_in != self.inputs or got_out != self.outputs:
+            raise ModelFileError(
+                f"{self.path}: graph has inputs {got_in} and outputs {got_out}, "
+                f"expected {self.inputs} -> {self.outputs}"
+            )
+        self.io_binding = self.provider == "cuda"
+
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """Run the graph; on CUDA through IO binding (outputs stay on the device until copied)."""
+        if not self.io_binding:
+            return list(self.session.run(list(self.outputs), feeds))
+        binding = self.session.io_binding()
+        for name, value in feeds.items():
+            binding.bind_cpu_input(name, np.ascontiguousarray(value))
+        for name in self.outputs:
+            binding.bind_output(name, "cuda", 0)
+        self.session.run_with_iobinding(binding)
+        return list(binding.copy_outputs_to_cpu())
+
+    @property
+    def default_batch_size(self) -> int:
+        """Images per ``run``: 1024 on CUDA, 256 on CPU (enough to fill the cores' caches)."""
+        return 1024 if self.provider == "cuda" else 256
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self.path)!r}, provider={self.provider!r})"
