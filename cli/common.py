@@ -76,3 +76,20 @@ def set_torch_threads(preset: str) -> None:
         import torch
 
         torch.set_num_threads(1)
+
+
+# ---- options shared by `round` and `experiment` (one definition, one help text) ------------------
+PresetOpt = Annotated[str, typer.Option(help="small (CPUs, demos) | paper (the paper's sizes).")]
+DeviceOpt = Annotated[str, typer.Option(help="Training device: auto | cpu | cuda.")]
+ProviderOpt = Annotated[str, typer.Option(help="onnxruntime provider: auto | cpu | cuda.")]
+EpochsOpt = Annotated[
+    float | None, typer.Option(help="Algorithm 1 passes over the pools (preset default).")
+]
+GanStepsOpt = Annotated[
+    int | None, typer.Option(help="Algorithm 1 iterations per round (overrides --epochs).")
+]
+TaskEpochsOpt = Annotated[int | None, typer.Option(help="Epochs of the task model T.")]
+CoevolveStepsOpt = Annotated[int | None, typer.Option(help="D1 co-evolution steps (Eq. 9).")]
+DepthLimitOpt = Annotated[
+    int, typer.Option(help="Generated images of this depth are not copied again.")
+]

@@ -8,7 +8,18 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from .common import handle_errors, set_torch_threads
+from .common import (
+    CoevolveStepsOpt,
+    DepthLimitOpt,
+    DeviceOpt,
+    EpochsOpt,
+    GanStepsOpt,
+    PresetOpt,
+    ProviderOpt,
+    TaskEpochsOpt,
+    handle_errors,
+    set_torch_threads,
+)
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -73,24 +84,14 @@ def experiment_command(
     until: Annotated[
         str, typer.Option(help="Stop at this labelled size: a fraction or a count.")
     ] = "0.4",
-    preset: Annotated[
-        str, typer.Option(help="small (CPUs, demos) | paper (the paper's sizes).")
-    ] = "small",
-    epochs: Annotated[
-        float | None, typer.Option(help="Algorithm 1 passes over the pools (preset default).")
-    ] = None,
-    gan_steps: Annotated[int | None, typer.Option(help="Algorithm 1 iterations per round.")] = None,
-    task_epochs: Annotated[int | None, typer.Option(help="Epochs of the task model T.")] = None,
-    coevolve_steps: Annotated[
-        int | None, typer.Option(help="D1 co-evolution steps (Eq. 9).")
-    ] = None,
-    depth_limit: Annotated[
-        int, typer.Option(help="Generated images of this depth are not copied again.")
-    ] = 2,
-    device: Annotated[str, typer.Option(help="Training device: auto | cpu | cuda.")] = "auto",
-    provider: Annotated[
-        str, typer.Option(help="onnxruntime provider: auto | cpu | cuda.")
-    ] = "auto",
+    preset: PresetOpt = "small",
+    epochs: EpochsOpt = None,
+    gan_steps: GanStepsOpt = None,
+    task_epochs: TaskEpochsOpt = None,
+    coevolve_steps: CoevolveStepsOpt = None,
+    depth_limit: DepthLimitOpt = 2,
+    device: DeviceOpt = "auto",
+    provider: ProviderOpt = "auto",
     report: Annotated[
         bool, typer.Option("--report", help="Also write the report to OUT/report.")
     ] = False,

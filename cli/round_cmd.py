@@ -7,7 +7,19 @@ from typing import Annotated, Any
 
 import typer
 
-from .common import SeedOpt, handle_errors, set_torch_threads
+from .common import (
+    CoevolveStepsOpt,
+    DepthLimitOpt,
+    DeviceOpt,
+    EpochsOpt,
+    GanStepsOpt,
+    PresetOpt,
+    ProviderOpt,
+    SeedOpt,
+    TaskEpochsOpt,
+    handle_errors,
+    set_torch_threads,
+)
 
 PoolOpt = Annotated[Path, typer.Option("--pool", help="Pool file (e.g. pools.h5).")]
 
@@ -60,24 +72,15 @@ def round_command(
     oracle: Annotated[
         str, typer.Option(help="simulated (answers from stored truth) | human | auto.")
     ] = "auto",
-    preset: Annotated[
-        str, typer.Option(help="small (CPUs, demos) | paper (the paper's sizes).")
-    ] = ("small"),
+    preset: PresetOpt = "small",
     seed: SeedOpt = 0,
-    device: Annotated[str, typer.Option(help="Training device: auto | cpu | cuda.")] = "auto",
-    provider: Annotated[str, typer.Option(help="onnxruntime provider: auto | cpu | cuda.")] = (
-        "auto"
-    ),
-    epochs: Annotated[
-        float | None, typer.Option(help="Algorithm 1 passes over the pools (preset default).")
-    ] = None,
-    gan_steps: Annotated[
-        int | None, typer.Option(help="Algorithm 1 iterations (overrides --epochs).")
-    ] = None,
-    task_epochs: Annotated[int | None, typer.Option(help="Epochs of the task model T.")] = None,
-    depth_limit: Annotated[
-        int, typer.Option(help="Generated images of this depth are not copied again.")
-    ] = 2,
+    device: DeviceOpt = "auto",
+    provider: ProviderOpt = "auto",
+    epochs: EpochsOpt = None,
+    gan_steps: GanStepsOpt = None,
+    task_epochs: TaskEpochsOpt = None,
+    coevolve_steps: CoevolveStepsOpt = None,
+    depth_limit: DepthLimitOpt = 2,
     augment_ratio: Annotated[
         float, typer.Option(help="Share of x_g that joins the labelled set directly (sec. 4.3.2).")
     ] = 0.0,
@@ -101,6 +104,7 @@ def round_command(
         cfg = RoundConfig(
             strategy=strategy, budget=_budget(budget), oracle=oracle, preset=preset, seed=seed,
             device=device, gan_epochs=epochs, gan_steps=gan_steps, task_epochs=task_epochs,
+            coevolve_steps=coevolve_steps,
             depth_limit=depth_limit, augment_ratio=augment_ratio,
         )  # fmt: skip
     except ValueError as e:
