@@ -32,6 +32,7 @@ import numpy as np
 
 from .checkpoint import load_checkpoint, save_checkpoint, trainer_from_checkpoint
 from .config import derive_seed
+from .data import ArraySource
 from .errors import DgaalError, EmptyPoolError
 from .models import build_task_model
 from .oracle import read_answers, simulated_answers, write_query_package
@@ -138,14 +139,15 @@ class Round:
         if prev.exists() and (ckpt := load_checkpoint(prev)).get("task") is not None:
             task.load_state_dict(ckpt["task"])
             return task
-        rng = np.random.default_rng(derive_seed(self.config.seed, "task", n, "pre"))
-        train_task(
-            task,
-            self._source(reader, State.LABELLED, labels=True),
-            run.train,
-            rng,
-            progress=self.progress,
-        )
+        return self._fit_task(reader, n, "pre")
+
+    def _fit_task(self, reader: PoolReader, n: int, *keys: str) -> Any:
+        """A fresh T trained on the labelled rows; its init and batches are seeded per round."""
+        run = self.config.run_config(reader.image_shape, reader.num_classes)
+        task = build_task_model(run.model, derive_seed(run.train.seed, "task", n, *keys))
+        rng = np.random.default_rng(derive_seed(self.config.seed, "task", n, *keys))
+        labelled = self._source(reader, State.LABELLED, labels=True)
+        train_task(task, labelled, run.train, rng, progress=self.progress)
         return task
 
     def _select(self, n: int, reader: PoolReader, trainer: DGAALTrainer, rdir: Path) -> np.ndarray:
@@ -272,20 +274,10 @@ class Round:
         t0 = time.perf_counter()
         with self._reader() as r:
             run = self.config.run_config(r.image_shape, r.num_classes)
-            task = build_task_model(run.model, derive_seed(run.train.seed, "task", n))
-            rng = np.random.default_rng(derive_seed(self.config.seed, "task", n))
-            train_task(
-                task,
-                self._source(r, State.LABELLED, labels=True),
-                run.train,
-                rng,
-                progress=self.progress,
-            )
+            task = self._fit_task(r, n)
             metrics = None
             if r.num_test:
                 test_x, test_y = r.read_test()
-                from .data import ArraySource
-
                 metrics = evaluate_task(
                     task,
                     ArraySource(test_x, test_y.astype(np.int64)),

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -30,18 +29,6 @@ from dgaal_core.models import (
     build_task_model,
     unet_sizes,
 )
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread() -> Iterator[None]:
-    """These models are tiny: one intra-op thread is as fast as two on an idle 2-core machine and
-    does not stall when other processes share the cores (OpenMP barriers wait for descheduled
-    threads, which made steps ~15x slower under load in our runs)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 SHAPES = [(8, 8, 1), (28, 28, 1), (32, 32, 3), (64, 64, 3), (28, 20, 3)]
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pickle
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -23,17 +22,6 @@ from dgaal_core.errors import EmptyPoolError
 from dgaal_core.models import build_task_model
 from dgaal_core.task import evaluate_task, train_task
 from dgaal_core.training import DGAALTrainer, resolve_device
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread() -> Iterator[None]:
-    """These models are tiny: one intra-op thread is as fast as two on an idle 2-core machine and
-    does not stall when other processes share the cores (OpenMP barriers wait for descheduled
-    threads, which made steps ~15x slower under load in our runs)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def blobs(
