@@ -39,7 +39,7 @@ from .oracle import read_answers, simulated_answers, write_query_package
 from .pool import PoolReader
 from .pool_writer import PoolWriter
 from .round_parts import Exporter, PoolSource, RoundConfig, ServedModels, task_outputs
-from .schema import Origin, State, round_dir, work_dir
+from .schema import CHECKPOINT_FILE, Origin, State, round_dir, work_dir
 from .strategies import (
     select_coreset,
     select_lowest,
@@ -98,7 +98,7 @@ class Round:
 
     def _fresh_or_warm_trainer(self, n: int, reader: PoolReader) -> DGAALTrainer:
         run = self.config.run_config(reader.image_shape, reader.num_classes)
-        prev = round_dir(self.workdir, n - 1) / "checkpoint.pt"
+        prev = round_dir(self.workdir, n - 1) / CHECKPOINT_FILE
         if run.train.warm_start and prev.exists():
             ckpt = load_checkpoint(prev)
             if ckpt["config"]["model"] == run.model.to_dict():
@@ -134,7 +134,7 @@ class Round:
     def _previous_task(self, n: int, reader: PoolReader) -> Any:
         """T as it stands (trained at the end of the last round), or trained now for round 1."""
         run = self.config.run_config(reader.image_shape, reader.num_classes)
-        prev = round_dir(self.workdir, n - 1) / "checkpoint.pt"
+        prev = round_dir(self.workdir, n - 1) / CHECKPOINT_FILE
         task = build_task_model(run.model, run.train.seed)
         if prev.exists() and (ckpt := load_checkpoint(prev)).get("task") is not None:
             task.load_state_dict(ckpt["task"])
@@ -232,7 +232,7 @@ class Round:
                     progress=self.progress,
                 )
             self._timed("coevolve", t0)
-        save_checkpoint(rdir / "checkpoint.pt", trainer, round_index=n)
+        save_checkpoint(rdir / CHECKPOINT_FILE, trainer, round_index=n)
         return trainer
 
     def _generate(self, n: int, pending: dict[str, Any], rdir: Path) -> int:
@@ -284,9 +284,9 @@ class Round:
                     r.num_classes,
                     device=run.train.device,
                 )
-            ckpt = load_checkpoint(rdir / "checkpoint.pt")
+            ckpt = load_checkpoint(rdir / CHECKPOINT_FILE)
             trainer = trainer_from_checkpoint(ckpt)
-            save_checkpoint(rdir / "checkpoint.pt", trainer, task=task, round_index=n)
+            save_checkpoint(rdir / CHECKPOINT_FILE, trainer, task=task, round_index=n)
             st, org = r.states, r.fields["origin"]
             prior_queries = sum(int(x.get("oracle_queries", 0)) for x in r.rounds())
             labelled = int(np.sum(st == State.LABELLED))

@@ -63,6 +63,9 @@ def shard_dir(pool_path: Path) -> Path:
     return pool_path.with_name(pool_path.stem + ".shards")
 
 
+CHECKPOINT_FILE = "checkpoint.pt"  # a round's final checkpoint, in its round folder
+
+
 def work_dir(pool_path: str | Path) -> Path:
     """Default work folder of a pool (checkpoints, ONNX files, query packages):
     ``pools.h5`` -> ``pools.dgaal/``."""

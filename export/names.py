@@ -20,6 +20,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from dgaal_core import schema
+from dgaal_core.schema import CHECKPOINT_FILE as CHECKPOINT_FILE
 from dgaal_core.schema import work_dir as work_dir  # re-exported: export code uses names.*
 
 FORMAT_VERSION = 1  # bump when the graph contract above changes
@@ -31,7 +32,6 @@ GENERATOR_FILE = "generator.onnx"
 SAMPLER_INT8_FILE = "sampler.int8.onnx"
 SAMPLER_FP16_FILE = "sampler.fp16.onnx"
 GENERATOR_FP16_FILE = "generator.fp16.onnx"
-CHECKPOINT_FILE = "checkpoint.pt"
 TRITON_SAMPLER = "dgaal_sampler"
 TRITON_GENERATOR = "dgaal_generator"
 
