@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from .checkpoint import load_checkpoint, save_checkpoint, trainer_from_checkpoint
-from .config import derive_seed
+from .config import RunConfig, derive_seed
 from .data import ArraySource
 from .errors import DgaalError, EmptyPoolError
 from .models import build_task_model
@@ -79,6 +79,8 @@ class Round:
         self.timings: dict[str, float] = {}
         self._served: ServedModels | None = None
         self._w: PoolWriter | None = None
+        self._run_cfg: RunConfig | None = None  # derived once per run from config + pool shape
+        self._coevolved: DGAALTrainer | None = None  # kept for T's checkpoint in the same run
 
     # ---- helpers ---------------------------------------------------------------------------
     def _timed(self, phase: str, start: float) -> None:
@@ -89,6 +91,11 @@ class Round:
         assert self._w is not None, "phases run inside Round.run()"
         return self._w
 
+    def _run_config(self, image_shape: tuple[int, int, int], num_classes: int) -> RunConfig:
+        if self._run_cfg is None:
+            self._run_cfg = self.config.run_config(image_shape, num_classes)
+        return self._run_cfg
+
     def _reader(self) -> PoolReader:
         return PoolReader(self.pool_path)
 
@@ -97,7 +104,7 @@ class Round:
         return PoolSource(reader, ids, reader.labels[ids] if labels else None)
 
     def _fresh_or_warm_trainer(self, n: int, reader: PoolReader) -> DGAALTrainer:
-        run = self.config.run_config(reader.image_shape, reader.num_classes)
+        run = self._run_config(reader.image_shape, reader.num_classes)
         prev = round_dir(self.workdir, n - 1) / CHECKPOINT_FILE
         if run.train.warm_start and prev.exists():
             ckpt = load_checkpoint(prev)
@@ -124,16 +131,15 @@ class Round:
     def _serve(self, trainer: DGAALTrainer, n: int, rdir: Path) -> ServedModels:
         if self._served is None:
             t0 = time.perf_counter()
-            run = self.config.run_config(
-                trainer.model_config.image_shape, trainer.model_config.num_classes
-            )
+            mc = trainer.model_config
+            run = self._run_config(mc.image_shape, mc.num_classes)
             self._served = self.exporter(trainer.models, run, rdir, n, self.pool_path)
             self._timed("export", t0)
         return self._served
 
     def _previous_task(self, n: int, reader: PoolReader) -> Any:
         """T as it stands (trained at the end of the last round), or trained now for round 1."""
-        run = self.config.run_config(reader.image_shape, reader.num_classes)
+        run = self._run_config(reader.image_shape, reader.num_classes)
         prev = round_dir(self.workdir, n - 1) / CHECKPOINT_FILE
         task = build_task_model(run.model, run.train.seed)
         if prev.exists() and (ckpt := load_checkpoint(prev)).get("task") is not None:
@@ -143,7 +149,7 @@ class Round:
 
     def _fit_task(self, reader: PoolReader, n: int, *keys: str) -> Any:
         """A fresh T trained on the labelled rows; its init and batches are seeded per round."""
-        run = self.config.run_config(reader.image_shape, reader.num_classes)
+        run = self._run_config(reader.image_shape, reader.num_classes)
         task = build_task_model(run.model, derive_seed(run.train.seed, "task", n, *keys))
         rng = np.random.default_rng(derive_seed(self.config.seed, "task", n, *keys))
         labelled = self._source(reader, State.LABELLED, labels=True)
@@ -233,6 +239,7 @@ class Round:
                 )
             self._timed("coevolve", t0)
         save_checkpoint(rdir / CHECKPOINT_FILE, trainer, round_index=n)
+        self._coevolved = trainer
         return trainer
 
     def _generate(self, n: int, pending: dict[str, Any], rdir: Path) -> int:
@@ -244,8 +251,10 @@ class Round:
             parents = picked[r.fields["depth"][picked] < self.config.depth_limit]
             images = None
             if parents.size and strategy_spec(self.config.strategy).generate:
-                trainer = trainer_from_checkpoint(load_checkpoint(rdir / "trained.pt"))
-                served = self._serve(trainer, n, rdir)
+                served = self._served  # exported for selection; after a resume, export again
+                if served is None:
+                    trainer = trainer_from_checkpoint(load_checkpoint(rdir / "trained.pt"))
+                    served = self._serve(trainer, n, rdir)
                 images = served.generate(
                     r.read_images(parents), derive_seed(self.config.seed, "noise", n)
                 )
@@ -273,7 +282,7 @@ class Round:
         """Train T from scratch, evaluate, COMMIT C (the round record)."""
         t0 = time.perf_counter()
         with self._reader() as r:
-            run = self.config.run_config(r.image_shape, r.num_classes)
+            run = self._run_config(r.image_shape, r.num_classes)
             task = self._fit_task(r, n)
             metrics = None
             if r.num_test:
@@ -284,8 +293,9 @@ class Round:
                     r.num_classes,
                     device=run.train.device,
                 )
-            ckpt = load_checkpoint(rdir / CHECKPOINT_FILE)
-            trainer = trainer_from_checkpoint(ckpt)
+            trainer = self._coevolved or trainer_from_checkpoint(
+                load_checkpoint(rdir / CHECKPOINT_FILE)
+            )
             save_checkpoint(rdir / CHECKPOINT_FILE, trainer, task=task, round_index=n)
             st, org = r.states, r.fields["origin"]
             prior_queries = sum(int(x.get("oracle_queries", 0)) for x in r.rounds())
@@ -327,6 +337,7 @@ class Round:
         Holds the pool's writer lock throughout, so a second round (or ``dgaal label``) on the
         same pool fails at once with a message naming this one.
         """
+        self._served, self._run_cfg, self._coevolved = None, None, None  # fresh per run
         with PoolWriter(self.pool_path, purpose="dgaal round") as w:
             self._w = w
             try:
