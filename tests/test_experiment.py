@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pools import class_images
 from typer.testing import CliRunner
 
 from cli.main import app
@@ -33,12 +34,7 @@ SCHEDULE = Schedule(initial=20, step=10, until=40)  # targets 20 -> 30 -> 40: tw
 
 def tiny_pool(path: Path, n: int = 100, *, test: bool = True, truth: bool = True) -> Path:
     """Digit-like 8x8 images whose bright rows depend on the class; 40 test images."""
-    rng = np.random.default_rng(0)
-    labels = np.arange(n) % 4
-    base = np.zeros((4, 8, 8, 1), np.uint8)
-    for c in range(4):
-        base[c, c * 2 : c * 2 + 2] = 220
-    images = np.clip(base[labels] + rng.integers(0, 30, (n, 8, 8, 1)), 0, 255).astype(np.uint8)
+    images, labels = class_images(n)
     with PoolBuilder(path, (8, 8, 1), ["a", "b", "c", "d"]) as b:
         b.add(images, truth=labels if truth else None)
         if test:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pools import class_images
 
 from dgaal_core.errors import EmptyPoolError
 from dgaal_core.pool import PoolReader
@@ -20,12 +21,7 @@ FAST = {"gan_steps": 4, "task_epochs": 1, "coevolve_steps": 2}
 
 def tiny_pool(path: Path, n: int = 120, seed: int = 0) -> np.ndarray:
     """Digit-like 8x8 images whose brightness pattern depends on the class."""
-    rng = np.random.default_rng(seed)
-    truth = np.arange(n) % 4
-    base = np.zeros((4, 8, 8, 1), np.uint8)
-    for c in range(4):
-        base[c, c * 2 : c * 2 + 2] = 220
-    images = np.clip(base[truth] + rng.integers(0, 30, (n, 8, 8, 1)), 0, 255).astype(np.uint8)
+    images, truth = class_images(n, seed)
     with PoolBuilder(path, (8, 8, 1), ["a", "b", "c", "d"]) as b:
         b.add(images, truth=truth)
         b.add_test(images[:40], truth[:40])
