@@ -27,8 +27,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from datasets import make_pool, source_for
+
 from dgaal_core.experiment import Experiment, ExperimentConfig, Schedule, parse_list
-from dgaal_core.ingest import create_pool, load_digits
 from dgaal_core.report import aggregate, headline, write_report
 from dgaal_core.round_parts import RoundConfig
 from export.round_backend import onnx_exporter
@@ -85,7 +86,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--out", type=Path, default=HERE / "results" / "al_curve")
     ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "dgaal-al-curve")
-    ap.add_argument("--strategies", default="dgaal,vaal,vaal-coevo,random")
+    ap.add_argument("--data", default="digits", choices=("digits", "cifar"))
+    ap.add_argument("--split", default="test", choices=("test", "val"), help="val: for tuning")
+    ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "dgaal-cache")
+    ap.add_argument("--strategies", default="dgaal,dgaal-paper,vaal,random,entropy")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--initial", type=float, default=0.1)
     ap.add_argument("--step", type=float, default=0.05)
@@ -93,13 +97,21 @@ def main() -> None:
     ap.add_argument("--gan-steps", type=int, default=None, help="default: the small preset's")
     ap.add_argument("--task-epochs", type=int, default=None)
     ap.add_argument("--coevolve-steps", type=int, default=None)
+    ap.add_argument(
+        "--setting",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a RoundConfig setting for every run, e.g. shortlist=4 (repeatable)",
+    )
     ap.add_argument("--measure", action="store_true", help="time one DGAAL run and stop")
     args = ap.parse_args()
 
     args.work.mkdir(parents=True, exist_ok=True)
-    source = args.work / "digits.h5"
-    if not source.exists():
-        create_pool(source, load_digits(seed=0), initial=args.initial, seed=0)
+    source = make_pool(
+        args.work / f"{args.data}-{args.split}.h5", source_for(args.data, args.split, args.cache)
+    )
+    settings = {k: json.loads(v) for k, v in (x.split("=", 1) for x in args.setting)}
     config = ExperimentConfig(
         strategies=("dgaal",) if args.measure else parse_list(args.strategies),
         seeds=(0,) if args.measure else parse_list(args.seeds, int),
@@ -110,6 +122,7 @@ def main() -> None:
             gan_steps=args.gan_steps,
             task_epochs=args.task_epochs,
             coevolve_steps=args.coevolve_steps,
+            **settings,
         ),
     )
     work = args.work / ("measure" if args.measure else "experiment")
@@ -142,7 +155,14 @@ def main() -> None:
     if "random" in config.strategies:
         floor = noise_floor(exp.pool_path("random", config.seeds[0]), config.round)
         results["benchmark"]["task_noise_floor"] = floor
-    results["source"] = "built-in digits (scikit-learn), test split seed 0"
+    results["source"] = {
+        "digits": "built-in digits (scikit-learn)",
+        "cifar": "CIFAR-10 subset (10,000 training JPEGs, 1,000 per class)",
+    }[args.data] + (
+        "; evaluated on a validation split of the training images"
+        if args.split == "val"
+        else "; evaluated on the test split"
+    )
     args.out.mkdir(parents=True, exist_ok=True)
     for run in results["runs"]:  # the pools stay in the work folder
         run["pool"] = str(Path("work") / run["pool"])

@@ -93,3 +93,53 @@ CoevolveStepsOpt = Annotated[int | None, typer.Option(help="D1 co-evolution step
 DepthLimitOpt = Annotated[
     int, typer.Option(help="Generated images of this depth are not copied again.")
 ]
+TaskMinStepsOpt = Annotated[
+    int | None, typer.Option(help="Least number of T's optimiser steps (preset default).")
+]
+
+# ---- the method's settings (round and experiment); unset = the strategy's measured default -----
+ShortlistOpt = Annotated[
+    float | None,
+    typer.Option(help="D1 strategies: spread the N picks over the k*N lowest (k >= 1; 1 = off)."),
+]
+TaskWeightOpt = Annotated[
+    float | None,
+    typer.Option(help="D1 strategies: weight (0..1) of T's uncertainty rank fused with D1's."),
+]
+GeneratedCapOpt = Annotated[
+    float | None,
+    typer.Option(help="D1 strategies: most share (0..1) of generated images among the picks."),
+]
+RetrainGanOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--retrain-gan/--no-retrain-gan",
+        help="Re-run Algorithm 1 every round (VAAL's way) instead of once, then co-evolving D1.",
+        show_default=False,
+    ),
+]
+PmseWeightOpt = Annotated[float | None, typer.Option(help="lambda of Eq. 8 (preset: 0.1).")]
+NoiseSpreadOpt = Annotated[
+    float, typer.Option(help="x_g's noise-head scales are drawn in [1 - s, 1 + s].")
+]
+
+
+def method_settings(
+    task_min_steps: int | None,
+    shortlist: float | None,
+    task_weight: float | None,
+    generated_cap: float | None,
+    retrain_gan: bool | None,
+    pmse_weight: float | None,
+    noise_spread: float,
+) -> dict[str, object]:
+    """The RoundConfig fields of the options above, as keyword arguments."""
+    return {
+        "task_min_steps": task_min_steps,
+        "shortlist": shortlist,
+        "task_weight": task_weight,
+        "generated_cap": generated_cap,
+        "retrain_gan": retrain_gan,
+        "pmse_weight": pmse_weight,
+        "noise_spread": noise_spread,
+    }

@@ -14,10 +14,18 @@ from .common import (
     DeviceOpt,
     EpochsOpt,
     GanStepsOpt,
+    GeneratedCapOpt,
+    NoiseSpreadOpt,
+    PmseWeightOpt,
     PresetOpt,
     ProviderOpt,
+    RetrainGanOpt,
+    ShortlistOpt,
     TaskEpochsOpt,
+    TaskMinStepsOpt,
+    TaskWeightOpt,
     handle_errors,
+    method_settings,
     set_torch_threads,
 )
 
@@ -70,7 +78,9 @@ def experiment_command(
     out: Annotated[Path, typer.Option("--out", help="Experiment folder (results.json, runs/).")],
     strategies: Annotated[
         str,
-        typer.Option(help="Comma-separated: dgaal, vaal, vaal-coevo, random, entropy, coreset."),
+        typer.Option(
+            help="Comma-separated: dgaal, dgaal-paper, vaal, vaal-coevo, random, entropy, coreset."
+        ),
     ] = "dgaal,vaal,vaal-coevo,random",
     seeds: Annotated[
         str, typer.Option(help="Comma-separated seeds (one initial set each).")
@@ -89,6 +99,13 @@ def experiment_command(
     gan_steps: GanStepsOpt = None,
     task_epochs: TaskEpochsOpt = None,
     coevolve_steps: CoevolveStepsOpt = None,
+    task_min_steps: TaskMinStepsOpt = None,
+    shortlist: ShortlistOpt = None,
+    task_weight: TaskWeightOpt = None,
+    generated_cap: GeneratedCapOpt = None,
+    retrain_gan: RetrainGanOpt = None,
+    pmse_weight: PmseWeightOpt = None,
+    noise_spread: NoiseSpreadOpt = 0.05,
     depth_limit: DepthLimitOpt = 2,
     device: DeviceOpt = "auto",
     provider: ProviderOpt = "auto",
@@ -120,6 +137,10 @@ def experiment_command(
             round=RoundConfig(
                 preset=preset, device=device, gan_steps=gan_steps, gan_epochs=epochs,
                 task_epochs=task_epochs, coevolve_steps=coevolve_steps, depth_limit=depth_limit,
+                **method_settings(
+                    task_min_steps, shortlist, task_weight, generated_cap, retrain_gan,
+                    pmse_weight, noise_spread,
+                ),
             ),
         )  # fmt: skip
     except ValueError as e:

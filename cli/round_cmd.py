@@ -13,11 +13,19 @@ from .common import (
     DeviceOpt,
     EpochsOpt,
     GanStepsOpt,
+    GeneratedCapOpt,
+    NoiseSpreadOpt,
+    PmseWeightOpt,
     PresetOpt,
     ProviderOpt,
+    RetrainGanOpt,
     SeedOpt,
+    ShortlistOpt,
     TaskEpochsOpt,
+    TaskMinStepsOpt,
+    TaskWeightOpt,
     handle_errors,
+    method_settings,
     set_torch_threads,
 )
 
@@ -64,7 +72,8 @@ def _summary(record: dict[str, Any]) -> None:
 def round_command(
     pool: PoolOpt,
     strategy: Annotated[
-        str, typer.Option(help="dgaal | vaal | vaal-coevo | random | entropy | coreset")
+        str,
+        typer.Option(help="dgaal | dgaal-paper | vaal | vaal-coevo | random | entropy | coreset"),
     ] = "dgaal",
     budget: Annotated[
         str, typer.Option(help="Images to select: a fraction of the real images (0.05) or a count.")
@@ -80,6 +89,13 @@ def round_command(
     gan_steps: GanStepsOpt = None,
     task_epochs: TaskEpochsOpt = None,
     coevolve_steps: CoevolveStepsOpt = None,
+    task_min_steps: TaskMinStepsOpt = None,
+    shortlist: ShortlistOpt = None,
+    task_weight: TaskWeightOpt = None,
+    generated_cap: GeneratedCapOpt = None,
+    retrain_gan: RetrainGanOpt = None,
+    pmse_weight: PmseWeightOpt = None,
+    noise_spread: NoiseSpreadOpt = 0.05,
     depth_limit: DepthLimitOpt = 2,
     augment_ratio: Annotated[
         float, typer.Option(help="Share of x_g that joins the labelled set directly (sec. 4.3.2).")
@@ -106,6 +122,10 @@ def round_command(
             device=device, gan_epochs=epochs, gan_steps=gan_steps, task_epochs=task_epochs,
             coevolve_steps=coevolve_steps,
             depth_limit=depth_limit, augment_ratio=augment_ratio,
+            **method_settings(
+                task_min_steps, shortlist, task_weight, generated_cap, retrain_gan, pmse_weight,
+                noise_spread,
+            ),
         )  # fmt: skip
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None

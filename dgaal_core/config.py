@@ -143,7 +143,11 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.99)
     pmse_weight: float = 0.1  # lambda of Eq. 8
     coevolve_steps: int = 100  # D1-only steps of Eq. 9 after each selection
-    task_epochs: int = 100
+    task_epochs: int = 100  # passes over the labelled set, bounded by the two below
+    task_min_steps: int = 0  # T gets at least this many Adam steps (small labelled sets)
+    task_max_steps: int | None = None  # and at most this many (None: no bound)
+    task_weight_decay: float = 5e-4  # decoupled (AdamW) weight decay of T
+    task_warmup: float = 0.05  # share of T's steps with a linear learning-rate warm-up
     eval_batch_size: int = 256
     augment: bool = True  # random crop with padding (+ horizontal flip for RGB) when training T
     seed: int = 0
@@ -164,13 +168,21 @@ class TrainConfig:
             ok = isinstance(value, int) and not isinstance(value, bool) and value >= 1
             _check(ok, n, name, "a positive integer", value)
         _check(self.batch_size >= 2, n, "batch_size", "at least 2 (batch norm)", self.batch_size)
-        for name in ("coevolve_steps", "seed"):
+        for name in ("coevolve_steps", "seed", "task_min_steps"):
             value = getattr(self, name)
             _check(isinstance(value, int) and value >= 0, n, name, "an integer >= 0", value)
         if self.gan_steps is not None:
             ok = isinstance(self.gan_steps, int) and self.gan_steps >= 0
             _check(ok, n, "gan_steps", "None or an integer >= 0", self.gan_steps)
-        for name in ("gan_epochs", "lr_g1", "lr_d1", "lr_g", "lr_d2", "lr_t", "pmse_weight"):
+        if self.task_max_steps is not None:
+            ok = isinstance(self.task_max_steps, int) and self.task_max_steps >= 1
+            _check(ok, n, "task_max_steps", "None or an integer >= 1", self.task_max_steps)
+        ok = isinstance(self.task_warmup, int | float) and 0 <= self.task_warmup < 1
+        _check(ok, n, "task_warmup", "a number in [0, 1)", self.task_warmup)
+        for name in (
+            "gan_epochs", "lr_g1", "lr_d1", "lr_g", "lr_d2", "lr_t", "pmse_weight",
+            "task_weight_decay",
+        ):  # fmt: skip
             value = getattr(self, name)
             ok = isinstance(value, int | float) and math.isfinite(value) and value >= 0
             _check(ok, n, name, "a finite number >= 0", value)
@@ -181,6 +193,17 @@ class TrainConfig:
         if self.gan_steps is not None:
             return self.gan_steps
         return math.ceil(self.gan_epochs * num_images / self.batch_size)
+
+    def num_task_steps(self, num_labelled: int) -> int:
+        """Adam steps of T for ``num_labelled`` images: ``task_epochs`` passes, at least
+        ``task_min_steps`` and at most ``task_max_steps``.
+
+        Epochs alone scale badly: 15 epochs are 45 steps at 72 images and 1,500 at 3,200, so a
+        small labelled set leaves T under-trained and its accuracy mostly noise.
+        """
+        steps = self.task_epochs * math.ceil(num_labelled / self.batch_size)
+        steps = max(steps, self.task_min_steps)
+        return steps if self.task_max_steps is None else min(steps, self.task_max_steps)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, JSON-able dict (tuples become lists)."""
@@ -242,7 +265,9 @@ def preset(
             task_kind="small",
             task_width=16,
         )
-        train = TrainConfig(batch_size=32, gan_steps=300, coevolve_steps=50, task_epochs=15)
+        train = TrainConfig(
+            batch_size=32, gan_steps=300, coevolve_steps=50, task_epochs=30, task_min_steps=1000
+        )
     else:
         raise ConfigError(f"preset: unknown name {name!r}; expected one of {PRESETS}")
     if train_overrides:

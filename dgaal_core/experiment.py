@@ -78,6 +78,10 @@ _RECORD_KEYS = (
     "accuracy",
     "test_loss",
     "per_class_accuracy",
+    "picked_classes",
+    "generated_share",
+    "d1_auc",
+    "generated_distance",
 )
 
 
@@ -101,6 +105,10 @@ def run_results(pool_path: Path) -> dict[str, Any]:
         pending = r.meta.get("pending_round")
     strategies = list(dict.fromkeys(str(x["strategy"]) for x in rounds))
     rows = ([meta["round0"]] if meta.get("round0") else []) + [_record_row(x) for x in rounds]
+    fidelity = meta.get("fidelity") or {}
+    for row in rows:
+        if str(row["round"]) in fidelity:
+            row["label_fidelity"] = fidelity[str(row["round"])]
     return {
         "strategy": meta.get("strategy") or "+".join(strategies) or "none",
         "seed": meta.get("seed", rounds[0]["config"]["seed"] if rounds else None),
@@ -157,6 +165,7 @@ class Experiment:
             self.num_classes = r.num_classes
         self.targets = config.schedule.targets(self.real)
         self._position = ""  # "[run i/n] " while run() loops
+        self._reference: Any = None  # T trained on the source's whole ground truth
 
     # ---- paths -----------------------------------------------------------------------------
     @property
@@ -260,6 +269,52 @@ class Experiment:
             self._report(strategy, seed, meta["round0"])
         return path
 
+    # ---- label fidelity of x_g --------------------------------------------------------------
+    def reference_task(self) -> Any:
+        """T trained on the ground truth of all the source's real training images (cached in
+        ``DIR/reference_task.pt``): the judge of generated images' inherited labels."""
+        if self._reference is not None:
+            return self._reference
+        import torch
+
+        with PoolReader(self.source) as r:
+            run = self.config.round_config("random", 0, 1).run_config(r.image_shape, r.num_classes)
+            task = build_task_model(run.model, derive_seed(0, "reference-task"))
+            path = self.out_dir / "reference_task.pt"
+            if path.exists():
+                task.load_state_dict(torch.load(path, weights_only=True))
+            else:
+                ids = r.ids(origin=Origin.REAL)
+                ids = ids[r.states[ids] != State.EXCLUDED]
+                source = ArraySource(r.read_images(ids), r.read_truth(ids).astype(np.int64))
+                rng = np.random.default_rng(derive_seed(0, "reference-task", "batches"))
+                self.log(f"training the reference T on {ids.size} images (label fidelity)")
+                train_task(task, source, run.train, rng, progress=self.progress)
+                self.out_dir.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+                torch.save(task.state_dict(), tmp)
+                os.replace(tmp, path)
+        self._reference = task
+        return task
+
+    def _record_fidelity(self, path: Path, record: dict[str, Any]) -> None:
+        """Share of the round's x_g whose class the reference T agrees with their inherited
+        label; stored in the run's ``meta["experiment"]["fidelity"]``."""
+        span = record.get("generated_ids")
+        if not span:
+            return
+        from .round_parts import task_outputs
+
+        ids = np.arange(span[0], span[1], dtype=np.int64)
+        with PoolReader(path) as r:
+            probs, _ = task_outputs(self.reference_task(), r, ids, device="cpu")
+            agree = float(np.mean(probs.argmax(1) == r.labels[ids]))
+            meta = dict(r.meta.get("experiment") or {})
+        meta["fidelity"] = {**(meta.get("fidelity") or {}), str(record["round"]): agree}
+        with PoolWriter(path, purpose="dgaal experiment") as w:
+            w.update_meta(experiment=meta)
+            w.commit()
+
     # ---- the loop --------------------------------------------------------------------------
     def _report(self, strategy: str, seed: int, row: dict[str, Any]) -> None:
         acc = row["accuracy"]
@@ -295,6 +350,8 @@ class Experiment:
             except EmptyPoolError as e:
                 self.log(f"{run_name(strategy, seed)}: stopping early: {e}")
                 break
+            if self.config.label_fidelity:
+                self._record_fidelity(path, record)
             self._report(strategy, seed, _record_row(record))
             self.write_results()
         return run_results(path)

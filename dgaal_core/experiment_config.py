@@ -13,7 +13,7 @@ from .errors import DgaalError
 from .round_parts import RoundConfig
 from .strategies import strategy_spec
 
-PAPER_STRATEGIES = ("dgaal", "vaal", "vaal-coevo", "random")
+PAPER_STRATEGIES = ("dgaal", "dgaal-paper", "vaal", "vaal-coevo", "random")
 # RoundConfig fields the experiment sets per run or per round (not part of the shared settings)
 _PER_ROUND = ("strategy", "seed", "budget", "oracle")
 
@@ -89,6 +89,7 @@ class ExperimentConfig:
     seeds: tuple[int, ...] = (0, 1, 2)
     schedule: Schedule = field(default_factory=Schedule)
     round: RoundConfig = field(default_factory=RoundConfig)
+    label_fidelity: bool = True  # judge each round's x_g with a T trained on all ground truth
 
     def __post_init__(self) -> None:
         if not self.strategies or not self.seeds:

@@ -156,8 +156,76 @@ def summary_markdown(results: dict[str, Any], agg: dict[str, list[Point]] | None
         seeds = max((p.seeds for p in pts), default=0)
         lines.append(f"| {strategy} | {seeds} | " + " | ".join(row) + " |")
     lines += _equal_queries_section(agg)
+    lines += _reach_section(agg)
     lines += _cost_section(agg)
+    lines += _diagnostics_section(results)
     return "\n".join(lines) + "\n"
+
+
+def _reach_section(agg: dict[str, list[Point]], baseline: str = "random") -> list[str]:
+    """Oracle queries each strategy needs to reach the baseline's final mean accuracy."""
+    if baseline not in agg or not agg[baseline] or agg[baseline][-1].acc_mean is None:
+        return []
+    last = agg[baseline][-1]
+    goal = last.acc_mean
+    assert goal is not None
+    lines = [
+        "",
+        f"## Oracle queries to reach {baseline}'s final accuracy ({_pct(goal)}%)",
+        "",
+        "On the mean curves, linear between rounds; – where a strategy never gets there.",
+        "",
+        f"| strategy | queries | share of {baseline}'s {last.queries:.0f} |",
+        "|---|---|---|",
+    ]
+    for strategy, pts in agg.items():
+        need = _queries_to_reach(pts, goal)
+        share = "–" if need is None or not last.queries else f"{100 * need / last.queries:.0f}%"
+        lines.append(f"| {strategy} | {'–' if need is None else f'{need:.0f}'} | {share} |")
+    return lines
+
+
+def _diagnostics_section(results: dict[str, Any]) -> list[str]:
+    """Per strategy and round (means over seeds): the largest class share among the picks,
+    the share of generated picks, D1's AUC (labelled vs candidates), x_g's distance to x_s
+    and the label fidelity of x_g."""
+    keys = ("max_class_share", "generated_share", "d1_auc", "generated_distance", "label_fidelity")
+    table: dict[tuple[str, int], dict[str, list[float]]] = {}
+    for run in results["runs"]:
+        for row in run["rounds"]:
+            if int(row["round"]) == 0:
+                continue
+            cell = table.setdefault((run["strategy"], int(row["round"])), {k: [] for k in keys})
+            hist = row.get("picked_classes")
+            if hist and sum(hist):
+                cell["max_class_share"].append(max(hist) / sum(hist))
+            for k in keys[1:]:
+                v = row.get(k)
+                if v is not None and np.isfinite(v):
+                    cell[k].append(float(v))
+    if not table:
+        return []
+    lines = [
+        "",
+        "## What the selection did (means over seeds)",
+        "",
+        "Largest class share among a round's picks (labels as revealed); share of picks that were "
+        "generated images; D1's ROC AUC, labelled vs candidates, when it selected; mean "
+        "|x_g - x_s| in 0..1 pixel units; label fidelity: share of the round's x_g whose class a "
+        "T trained on all the ground truth agrees with the inherited label.",
+        "",
+        "| strategy | round | top class share | generated share | D1 AUC | x_g distance | "
+        "label fidelity |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for (strategy, n), cell in sorted(table.items()):
+        vals = [_mean(cell[k]) if cell[k] else None for k in keys]
+        text = [
+            "–" if v is None else (f"{v:.3f}" if k in ("d1_auc", "generated_distance") else _pct(v))
+            for k, v in zip(keys, vals, strict=True)
+        ]
+        lines.append(f"| {strategy} | {n} | " + " | ".join(text) + " |")
+    return lines
 
 
 def _equal_queries_section(agg: dict[str, list[Point]]) -> list[str]:

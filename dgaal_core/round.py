@@ -2,9 +2,13 @@
 
 Phases of round n (work folder ``<pool>.dgaal/round-000n/``):
 
-1. train G, D1, D2 (Algorithm 1), warm-started from round n-1       -> ``trained.pt``
+1. train G, D1, D2 (Algorithm 1) in the first round; later rounds take the D1 (and G) that
+   co-evolution left in round n-1, as the paper's Algorithm 2 does (``retrain_gan`` re-runs
+   Algorithm 1 every round, warm-started: VAAL's way)                -> ``trained.pt``
 2. export the sampler and generator to ONNX (parity-checked)          -> ``*.onnx``
-3. score every candidate with onnxruntime; select the N lowest
+3. score every candidate with onnxruntime; select the N lowest (``dgaal-paper``), or, for
+   ``dgaal``, N spread over the k*N lowest of D1's rank fused with T's uncertainty, with a cap on
+   the share of generated images (``RoundConfig.selection``)
 4. oracle: generated picks carry their parent's label (free); real ones are answered by the
    simulated oracle, or queried from a person (the round stops here: ``dgaal label`` resumes it)
    COMMIT A: picks -> labelled, ``meta.pending_round.phase = "selected"``
@@ -23,6 +27,7 @@ Labels are committed once and images appended once, because each commit moves th
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -38,13 +43,24 @@ from .models import build_task_model
 from .oracle import read_answers, simulated_answers, write_query_package
 from .pool import PoolReader
 from .pool_writer import PoolWriter
-from .round_parts import Exporter, PoolSource, RoundConfig, ServedModels, task_outputs
+from .round_parts import (
+    Exporter,
+    PoolSource,
+    RoundConfig,
+    ServedModels,
+    latents,
+    roc_auc,
+    task_outputs,
+)
 from .schema import CHECKPOINT_FILE, Origin, State, round_dir, work_dir
 from .strategies import (
+    entropy,
+    fuse_ranks,
     select_coreset,
-    select_lowest,
+    select_lowest_capped,
     select_max_entropy,
     select_random,
+    select_spread,
     strategy_spec,
 )
 from .task import evaluate_task, train_task
@@ -81,6 +97,7 @@ class Round:
         self._w: PoolWriter | None = None
         self._run_cfg: RunConfig | None = None  # derived once per run from config + pool shape
         self._coevolved: DGAALTrainer | None = None  # kept for T's checkpoint in the same run
+        self._diagnostics: dict[str, Any] = {}  # selection diagnostics for the round record
 
     # ---- helpers ---------------------------------------------------------------------------
     def _timed(self, phase: str, start: float) -> None:
@@ -115,15 +132,36 @@ class Round:
         return DGAALTrainer.create(run)
 
     # ---- phases ----------------------------------------------------------------------------
+    def _continued_trainer(self, n: int, reader: PoolReader) -> DGAALTrainer | None:
+        """The previous round's co-evolved trainer, if Algorithm 1 already ran for this model."""
+        run = self._run_config(reader.image_shape, reader.num_classes)
+        prev = round_dir(self.workdir, n - 1) / CHECKPOINT_FILE
+        if not prev.exists():
+            return None
+        ckpt = load_checkpoint(prev)
+        if ckpt["config"]["model"] != run.model.to_dict() or int(ckpt["step"]) == 0:
+            return None
+        self.log(f"selecting with the co-evolved D1 of {prev} (Algorithm 1 ran once, earlier)")
+        return trainer_from_checkpoint(ckpt, train_config=run.train, rng=True)
+
     def _train(self, n: int, reader: PoolReader, rdir: Path) -> DGAALTrainer:
+        """Algorithm 1, or (the paper's loop) the D1 that co-evolution left in round n-1."""
         t0 = time.perf_counter()
-        trainer = self._fresh_or_warm_trainer(n, reader)
-        if strategy_spec(self.config.strategy).needs_gan:
-            trainer.train_gan(
-                self._source(reader, State.LABELLED),
-                self._source(reader, State.UNLABELLED),
-                progress=self.progress,
-            )
+        trainer = None
+        needs_gan = strategy_spec(self.config.strategy).needs_gan
+        if needs_gan and not self.config.retrains_gan():
+            trainer = self._continued_trainer(n, reader)
+        if trainer is None:
+            trainer = self._fresh_or_warm_trainer(n, reader)
+            if needs_gan:
+                real = reader.ids(origin=Origin.REAL)
+                real = real[reader.states[real] != State.EXCLUDED]
+                trainer.train_gan(
+                    self._source(reader, State.LABELLED),
+                    self._source(reader, State.UNLABELLED),
+                    real=PoolSource(reader, real),
+                    progress=self.progress,
+                )
         save_checkpoint(rdir / "trained.pt", trainer, round_index=n)
         self._timed("train", t0)
         return trainer
@@ -162,30 +200,61 @@ class Round:
         if candidates.size == 0:
             raise EmptyPoolError(f"{self.pool_path}: no candidates left; the pool is exhausted")
         real_rows = int(np.sum(reader.fields["origin"] == Origin.REAL))
-        budget = self.config.budget_count(real_rows)
+        budget = min(self.config.budget_count(real_rows), candidates.size)
+        if self.config.budget_count(real_rows) > candidates.size:
+            self.log(f"budget > {candidates.size} candidates left: taking them all")
         t0 = time.perf_counter()
         if spec.source == "d1":
-            served = self._serve(trainer, n, rdir)
-            t1 = time.perf_counter()
-            scores = served.score_pool(self.pool_path, candidates)
-            self._timed("score", t1)
-            picked = select_lowest(candidates, scores, min(budget, candidates.size))
+            picked = self._select_d1(n, reader, trainer, rdir, candidates, budget)
         elif spec.source == "none":
             rng = np.random.default_rng(derive_seed(self.config.seed, "select", n))
-            picked = select_random(candidates, min(budget, candidates.size), rng)
+            picked = select_random(candidates, budget, rng)
         else:
             task = self._previous_task(n, reader)
             probs, feats = task_outputs(task, reader, candidates, device=self.config.device)
             if spec.source == "task_probs":
-                picked = select_max_entropy(candidates, probs, min(budget, candidates.size))
+                picked = select_max_entropy(candidates, probs, budget)
             else:
                 labelled = reader.ids(State.LABELLED)
                 _, lab_feats = task_outputs(task, reader, labelled, device=self.config.device)
-                picked = select_coreset(candidates, feats, lab_feats, min(budget, candidates.size))
-        if budget > candidates.size:
-            self.log(f"budget {budget} > {candidates.size} candidates left: taking them all")
+                picked = select_coreset(candidates, feats, lab_feats, budget)
         self._timed("select", t0)
         return picked
+
+    def _select_d1(
+        self,
+        n: int,
+        reader: PoolReader,
+        trainer: DGAALTrainer,
+        rdir: Path,
+        candidates: np.ndarray,
+        budget: int,
+    ) -> np.ndarray:
+        """D1's N lowest (``dgaal-paper``), optionally fused with T's uncertainty, capped in
+        generated share and spread over a k*N shortlist in G1's latent space (``dgaal``)."""
+        sel = self.config.selection()
+        served = self._serve(trainer, n, rdir)
+        t1 = time.perf_counter()
+        scores = served.score_pool(self.pool_path, candidates)
+        labelled = reader.ids(State.LABELLED)
+        self._diagnostics["d1_auc"] = roc_auc(
+            served.score_pool(self.pool_path, labelled), scores
+        )  # labelled vs candidates: how well D1 tells the pools apart
+        self._timed("score", t1)
+        order = scores
+        if sel["task_weight"] > 0:
+            task = self._previous_task(n, reader)
+            probs, _ = task_outputs(task, reader, candidates, device=self.config.device)
+            order = fuse_ranks(scores, -entropy(probs), sel["task_weight"])
+        generated = reader.fields["origin"][candidates] == Origin.GENERATED
+        cap = sel["generated_cap"]
+        m = min(candidates.size, math.ceil(sel["shortlist"] * budget))
+        if m <= budget:
+            return select_lowest_capped(candidates, order, budget, generated, cap)
+        short = select_lowest_capped(candidates, order, m, generated, cap)
+        pos = np.searchsorted(candidates, short)
+        z = latents(trainer.models.g, reader, short)
+        return select_spread(short, order[pos], z, budget, generated[pos], cap)
 
     def _oracle(self, n: int, picked: np.ndarray, reader: PoolReader, rdir: Path) -> str:
         """COMMIT A (or the human hand-off). Returns the pending phase written."""
@@ -203,6 +272,7 @@ class Round:
             "free_labels": int(free.size),
             "oracle": oracle,
             "timings": dict(self.timings),
+            **self._diagnostics,
         }
         w = self._writer
         w.set_state(free, State.LABELLED, round_no=n)
@@ -227,16 +297,18 @@ class Round:
         return str(pending["phase"])
 
     def _coevolve(self, n: int, rdir: Path) -> DGAALTrainer:
+        """Eq. 9 on (X_L, X_C): the D1 the next round selects with (when it does not re-run
+        Algorithm 1). Nothing to learn when no candidate is left."""
         trainer = trainer_from_checkpoint(load_checkpoint(rdir / "trained.pt"))
-        spec = strategy_spec(self.config.strategy)
-        if spec.coevolve:
+        if strategy_spec(self.config.strategy).coevolve:
             t0 = time.perf_counter()
             with self._reader() as r:
-                trainer.co_evolve_d1(
-                    self._source(r, State.LABELLED),
-                    self._source(r, State.UNLABELLED),
-                    progress=self.progress,
-                )
+                labelled = self._source(r, State.LABELLED)
+                candidates = self._source(r, State.UNLABELLED)
+                if len(labelled) and len(candidates):
+                    trainer.co_evolve_d1(labelled, candidates, progress=self.progress)
+                else:
+                    self.log("no candidates left: D1 has nothing to co-evolve on")
             self._timed("coevolve", t0)
         save_checkpoint(rdir / CHECKPOINT_FILE, trainer, round_index=n)
         self._coevolved = trainer
@@ -246,6 +318,7 @@ class Round:
         """COMMIT B: append x_g = G(x_s) for the selected rows below the depth limit."""
         t0 = time.perf_counter()
         added = 0
+        extra: dict[str, Any] = {}
         with self._reader() as r:
             picked = np.asarray(pending["selected"], dtype=np.int64)
             parents = picked[r.fields["depth"][picked] < self.config.depth_limit]
@@ -255,9 +328,12 @@ class Round:
                 if served is None:
                     trainer = trainer_from_checkpoint(load_checkpoint(rdir / "trained.pt"))
                     served = self._serve(trainer, n, rdir)
+                x_s = r.read_images(parents)
                 images = served.generate(
-                    r.read_images(parents), derive_seed(self.config.seed, "noise", n)
+                    x_s, derive_seed(self.config.seed, "noise", n), self.config.noise_spread
                 )
+                diff = np.abs(images.astype(np.int16) - x_s.astype(np.int16))
+                extra["generated_distance"] = float(diff.mean() / 255.0)  # mean |x_g - x_s|
             labels = r.labels[parents]
         w = self._writer
         if images is not None:
@@ -266,10 +342,13 @@ class Round:
             if k:  # section 4.3.2: part of x_g goes straight into the labelled set
                 w.set_state(new[:k], State.LABELLED, round_no=n)
             added = int(new.size)
+            if added:
+                extra["generated_ids"] = [int(new.min()), int(new.max()) + 1]
         self._timed("generate", t0)
         w.update_meta(
             pending_round={
                 **pending,
+                **extra,
                 "phase": "generated",
                 "generated_added": added,
                 "timings": dict(self.timings),
@@ -299,6 +378,9 @@ class Round:
             save_checkpoint(rdir / CHECKPOINT_FILE, trainer, task=task, round_index=n)
             st, org = r.states, r.fields["origin"]
             prior_queries = sum(int(x.get("oracle_queries", 0)) for x in r.rounds())
+            sel_labels = r.labels[np.asarray(pending["selected"], dtype=np.int64)]
+            picked_classes = np.bincount(sel_labels[sel_labels >= 0], minlength=r.num_classes)
+            picked_classes = picked_classes.tolist()  # class histogram of the picks
             labelled = int(np.sum(st == State.LABELLED))
             real = int(np.sum(org == Origin.REAL))
         self._timed("task", t0)
@@ -315,6 +397,11 @@ class Round:
             "labelled_ratio": labelled / max(1, real),
             "oracle_queries_total": prior_queries + int(pending["oracle_queries"]),
             "candidates": int(np.sum(st == State.UNLABELLED)),
+            "picked_classes": picked_classes,
+            "generated_share": pending["free_labels"] / max(1, len(pending["selected"])),
+            "d1_auc": pending.get("d1_auc"),
+            "generated_distance": pending.get("generated_distance"),
+            "generated_ids": pending.get("generated_ids"),
             "accuracy": None if metrics is None else metrics.accuracy,
             "per_class_accuracy": None if metrics is None else list(metrics.per_class_accuracy),
             "test_loss": None if metrics is None else metrics.mean_loss,
@@ -338,6 +425,7 @@ class Round:
         same pool fails at once with a message naming this one.
         """
         self._served, self._run_cfg, self._coevolved = None, None, None  # fresh per run
+        self._diagnostics = {}
         with PoolWriter(self.pool_path, purpose="dgaal round") as w:
             self._w = w
             try:

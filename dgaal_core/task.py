@@ -2,13 +2,16 @@
 
 T learns from the labelled pool only: uint8 NHWC images with labels, read through a
 :class:`~dgaal_core.data.DataSource`, lightly augmented (random crop with padding, plus horizontal
-flip for RGB), with Adam (lr alpha_5, betas (0.9, 0.99)). By default the round rebuilds T from
-scratch (``TrainConfig.retrain_task_from_scratch``) with :func:`dgaal_core.models.build_task_model`.
+flip for RGB), with AdamW (lr alpha_5, betas (0.9, 0.99), weight decay) under a warm-up + cosine
+schedule, for a step budget that grows with the labelled set (see :func:`train_task`). By default
+the round rebuilds T from scratch (``TrainConfig.retrain_task_from_scratch``) with
+:func:`dgaal_core.models.build_task_model`.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,9 +32,28 @@ def _labels(labels: np.ndarray | None, device: torch.device) -> torch.Tensor:
     return torch.as_tensor(labels, dtype=torch.int64).to(device)
 
 
-def task_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Adam:
-    """Adam with the task learning rate (alpha_5) and the configured betas."""
-    return torch.optim.Adam(model.parameters(), lr=config.lr_t, betas=config.betas)
+def task_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
+    """AdamW with the task learning rate (alpha_5), the configured betas and weight decay.
+
+    Batch-norm scales and biases are not decayed (decaying them only fights normalisation).
+    """
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    groups = [
+        {"params": decay, "weight_decay": config.task_weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=config.lr_t, betas=config.betas)
+
+
+def warmup_cosine(step: int, total: int, warmup: float) -> float:
+    """Learning-rate factor at ``step`` of ``total``: linear warm-up over the first ``warmup``
+    share of the steps, then a cosine decay to zero."""
+    w = max(1, round(warmup * total)) if warmup > 0 else 0
+    if step < w:
+        return (step + 1) / w
+    progress = (step - w) / max(1, total - w)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
 def task_step(
@@ -42,7 +64,7 @@ def task_step(
     *,
     amp: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One Adam step of T on a batch (B, C, H, W) in [-1, 1]; returns detached (loss, logits)."""
+    """One optimiser step of T on a batch (B, C, H, W) in [-1, 1]; returns (loss, logits)."""
     with autocast(x.device, amp):
         logits = model(x)  # (B, classes)
         loss = losses.task_loss(logits, y)
@@ -52,6 +74,17 @@ def task_step(
     return loss.detach(), logits.detach()
 
 
+def _batches(
+    source: DataSource, batch_size: int, rng: np.random.Generator
+) -> Iterator[tuple[int, tuple[np.ndarray, np.ndarray | None]]]:
+    """Endless shuffled passes over ``source``: (pass number, batch)."""
+    epoch = 0
+    while True:
+        for batch in epoch_batches(source, batch_size, rng):
+            yield epoch, batch
+        epoch += 1
+
+
 def train_task(
     model: nn.Module,
     source: DataSource,
@@ -59,37 +92,59 @@ def train_task(
     rng: np.random.Generator,
     *,
     epochs: int | None = None,
+    steps: int | None = None,
     device: str | torch.device | None = None,
     progress: bool = False,
 ) -> History:
-    """Train ``model`` (in place) on ``source`` for ``epochs`` (default ``config.task_epochs``).
+    """Train ``model`` (in place) on ``source`` by a step budget.
 
-    Returns per-epoch mean training loss and accuracy (on the augmented batches).
+    The budget is ``steps`` if given, else ``epochs`` passes if given, else
+    :meth:`TrainConfig.num_task_steps` (the configured epochs, bounded below and above). The
+    learning rate warms up linearly and then follows a cosine decay to zero over the budget, with
+    AdamW weight decay: the end of the schedule, not a lucky epoch, decides T's accuracy, which
+    makes T much less noisy from seed to seed. Returns per-pass mean training loss and accuracy
+    (on the augmented batches).
     """
     if len(source) < 2:
         raise EmptyPoolError(f"train_task needs at least 2 labelled images, got {len(source)}")
     dev = resolve_device(config.device if device is None else device)
-    epochs = config.task_epochs if epochs is None else epochs
+    per_pass = max(1, len(source) // config.batch_size + (len(source) % config.batch_size > 1))
+    if steps is None:
+        steps = epochs * per_pass if epochs is not None else config.num_task_steps(len(source))
     model.to(dev).train()
     opt = task_optimizer(model, config)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: warmup_cosine(s, steps, config.task_warmup)
+    )
     history: History = {"loss": [], "accuracy": []}
-    with loss_bar(progress, "Task model", epochs) as update:
-        for _ in range(epochs):
-            loss_sum = torch.zeros((), device=dev)
-            correct = torch.zeros((), device=dev, dtype=torch.int64)
-            seen = 0
-            for images, labels in epoch_batches(source, config.batch_size, rng):
-                if config.augment:
-                    images = augment(images, rng)
-                x, y = to_model_input(images, dev), _labels(labels, dev)
-                loss, logits = task_step(model, opt, x, y, amp=config.amp)
-                loss_sum += loss * len(y)
-                correct += (logits.argmax(1) == y).sum()
-                seen += len(y)
-            epoch = {"loss": loss_sum.item() / seen, "accuracy": correct.item() / seen}
-            for k, v in epoch.items():
-                history[k].append(v)
-            update(epoch)
+    sums = {"loss": 0.0, "correct": 0, "seen": 0}
+
+    def close_pass() -> dict[str, float]:
+        seen = max(1, int(sums["seen"]))
+        out = {"loss": sums["loss"] / seen, "accuracy": sums["correct"] / seen}
+        for k, v in out.items():
+            history[k].append(v)
+        sums.update(loss=0.0, correct=0, seen=0)
+        return out
+
+    current = 0
+    with loss_bar(progress, "Task model", steps) as update:
+        for step, (epoch, (images, labels)) in zip(
+            range(steps), _batches(source, config.batch_size, rng), strict=False
+        ):
+            if epoch != current:
+                close_pass()
+                current = epoch
+            if config.augment:
+                images = augment(images, rng)
+            x, y = to_model_input(images, dev), _labels(labels, dev)
+            loss, logits = task_step(model, opt, x, y, amp=config.amp)
+            sched.step()
+            sums["loss"] += float(loss) * len(y)
+            sums["correct"] += int((logits.argmax(1) == y).sum())
+            sums["seen"] += len(y)
+            update({"loss": float(loss), "step": step + 1})
+        close_pass()
     return history
 
 

@@ -17,10 +17,12 @@ Readings of the paper that needed a choice, and why:
   from G's output after the update by one Adam step); this saves a third of the G cost per
   iteration, the usual GAN practice.
 - **x_r.** "x_r represents a real image taken from all the sample pools": a third batch drawn
-  uniformly from the union of labelled and unlabelled rows (each row equally likely).
-- **Batch statistics.** x_L and x_U go through G1 as one concatenated batch, so batch norm cannot
-  normalise away the difference between the pools. During co-evolution (Eq. 9) G is frozen and in
-  eval mode: D1 then sees the same features the sampler (G1 + D1 in eval mode) will see.
+  uniformly from the *real* rows of both pools (the round passes them; generated rows never
+  serve as "real" for D2 or as pMSE targets).
+- **Batch statistics.** x_L and x_U go through G1 as one concatenated batch. In the G1 and D1
+  steps (Eq. 4) and in co-evolution (Eq. 9) G1 runs in eval mode (running statistics, kept up to
+  date by the G step's train-mode passes): D1 learns on the same features the sampler (G1 + D1
+  in eval mode) scores, instead of batch-statistics features it never sees again.
 - **Noise head** uses its fixed buffer scales during training (weights "do not participate in the
   parameter update"); generation calls pass fresh scales.
 - **Weight of the pixel loss.** Eq. 8's lambda = 0.1, with Eq. 5 measured in pixel values
@@ -154,9 +156,13 @@ class DGAALTrainer:
         return self.models.d1.logits(z)  # (B_l + B_u,)
 
     def step_g1(self, x_l: torch.Tensor, x_u: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Eq. 4, min over G1: update only G1 so that D1 calls both pools labelled."""
+        """Eq. 4, min over G1: update only G1 so that D1 calls both pools labelled.
+
+        G1 runs with its batch norm in eval mode (running statistics, which the G step keeps
+        up to date), the features the exported sampler computes: D1 is trained, and G1 fools it,
+        on exactly what the sampler will score."""
         g, d1 = self.models.g, self.models.d1
-        g.train()
+        g.eval()
         d1.train()
         with frozen(d1), self._autocast():
             logits = self._pool_logits(x_l, x_u)
@@ -164,12 +170,14 @@ class DGAALTrainer:
         self.opt_g1.zero_grad(set_to_none=True)
         loss.backward()
         self.opt_g1.step()
+        g.train()
         return {"g1": loss.detach()}
 
     def step_d1(
-        self, x_l: torch.Tensor, x_u: torch.Tensor, *, encoder_eval: bool = False
+        self, x_l: torch.Tensor, x_u: torch.Tensor, *, encoder_eval: bool = True
     ) -> dict[str, torch.Tensor]:
-        """Eq. 4 (or Eq. 9 with candidates as x_u), max over D1: update only D1."""
+        """Eq. 4 (or Eq. 9 with candidates as x_u), max over D1: update only D1, on G1's
+        eval-mode features (the sampler's); ``encoder_eval=False`` uses batch statistics."""
         g, d1 = self.models.g, self.models.d1
         g.train(not encoder_eval)
         d1.train()
@@ -181,6 +189,7 @@ class DGAALTrainer:
         self.opt_d1.zero_grad(set_to_none=True)
         loss.backward()
         self.opt_d1.step()
+        g.train()
         prob = torch.sigmoid(logits.detach().float())
         return {"d1": loss.detach(), "p_l": prob[: len(x_l)].mean(), "p_u": prob[len(x_l) :].mean()}
 
@@ -235,9 +244,14 @@ class DGAALTrainer:
         unlabelled: DataSource,
         steps: int | None = None,
         *,
+        real: DataSource | None = None,
         progress: bool = True,
     ) -> History:
-        """Algorithm 1 for ``steps`` iterations (default from the config); per-step losses."""
+        """Algorithm 1 for ``steps`` iterations (default from the config); per-step losses.
+
+        ``real`` is where x_r (D2's real images and the pMSE targets) is drawn from: the paper's
+        "real image", so a round passes its real rows only; default: the union of both pools.
+        """
         if len(labelled) == 0 or len(unlabelled) == 0:
             raise EmptyPoolError(
                 f"train_gan needs labelled and unlabelled images, got {len(labelled)} labelled "
@@ -250,7 +264,10 @@ class DGAALTrainer:
             for _ in range(steps):
                 x_l = self._input(sample_batch(labelled, b, self.rng)[0])
                 x_u = self._input(sample_batch(unlabelled, b, self.rng)[0])
-                x_r = self._input(sample_union((labelled, unlabelled), b, self.rng))
+                if real is None:
+                    x_r = self._input(sample_union((labelled, unlabelled), b, self.rng))
+                else:
+                    x_r = self._input(sample_batch(real, b, self.rng)[0])
                 step_losses = self.run_step(x_l, x_u, x_r)
                 for k, v in step_losses.items():
                     history[k].append(v)

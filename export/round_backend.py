@@ -39,10 +39,12 @@ class OnnxServed:
         # res.ids is ascending and unique; map back onto the caller's order
         return res.scores[np.searchsorted(res.ids, np.asarray(ids, dtype=np.int64))]
 
-    def generate(self, images: np.ndarray, seed: int) -> np.ndarray:
-        """G(x) with noise-head scales drawn from ``seed``."""
-        noise = self.generator.draw_noise_scales(seed)
-        return self.generator.generate(images, noise, self.batch_size)
+    def generate(self, images: np.ndarray, seed: int, spread: float = 0.05) -> np.ndarray:
+        """G(x) with noise-head scales drawn uniformly in ``[1 - spread, 1 + spread]`` from
+        ``seed`` (0.05 is the paper's [0.95, 1.05])."""
+        rng = np.random.default_rng(seed)
+        noise = rng.uniform(1.0 - spread, 1.0 + spread, self.generator.noise_channels)
+        return self.generator.generate(images, noise.astype(np.float32), self.batch_size)
 
 
 def onnx_exporter(

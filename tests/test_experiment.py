@@ -28,7 +28,7 @@ from dgaal_core.round_parts import RoundConfig
 from dgaal_core.schema import State
 from export.round_backend import onnx_exporter
 
-FAST = RoundConfig(gan_steps=4, task_epochs=1, coevolve_steps=2)
+FAST = RoundConfig(gan_steps=4, task_epochs=1, task_min_steps=0, coevolve_steps=2)
 SCHEDULE = Schedule(initial=20, step=10, until=40)  # targets 20 -> 30 -> 40: two rounds
 
 

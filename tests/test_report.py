@@ -52,7 +52,7 @@ def results() -> dict:
             "strategies": ["dgaal", "random"],
             "seeds": [0, 1],
             "schedule": {"initial": 0.1, "step": 0.1, "until": 0.3},
-            "round": {"preset": "small", "gan_steps": 4, "task_epochs": 1},
+            "round": {"preset": "small", "gan_steps": 4, "task_epochs": 1, "task_min_steps": 0},
         },
         "runs": [
             run("dgaal", 0, [0.5, 0.7, 0.9], [0, 4]),

@@ -16,7 +16,7 @@ from dgaal_core.round_parts import RoundConfig
 from dgaal_core.schema import Origin, State
 from export.round_backend import onnx_exporter
 
-FAST = {"gan_steps": 4, "task_epochs": 1, "coevolve_steps": 2}
+FAST = {"gan_steps": 4, "task_epochs": 1, "task_min_steps": 0, "coevolve_steps": 2}
 
 
 def tiny_pool(path: Path, n: int = 120, seed: int = 0) -> np.ndarray:

@@ -9,10 +9,13 @@ from dgaal_core.errors import EmptyPoolError, PoolExhaustedError
 from dgaal_core.strategies import (
     STRATEGIES,
     entropy,
+    fuse_ranks,
     select_coreset,
     select_lowest,
+    select_lowest_capped,
     select_max_entropy,
     select_random,
+    select_spread,
     strategy_spec,
 )
 
@@ -33,6 +36,12 @@ SELECTORS = {
     "lowest": lambda c, s, p, f, lf, n, seed: select_lowest(c, s, n),
     "entropy": lambda c, s, p, f, lf, n, seed: select_max_entropy(c, p, n),
     "coreset": lambda c, s, p, f, lf, n, seed: select_coreset(c, f, lf, n, chunk=64),
+    "lowest-capped": lambda c, s, p, f, lf, n, seed: select_lowest_capped(
+        c, s, n, np.arange(c.size) % 3 == 0, 0.2
+    ),
+    "spread": lambda c, s, p, f, lf, n, seed: select_spread(
+        c, s, f, n, np.arange(c.size) % 3 == 0, 0.2
+    ),
 }
 
 
@@ -93,9 +102,59 @@ def test_coreset_covers_far_away_clusters_first():
     assert (out >= 100).sum() == 1 and ((out >= 50) & (out < 100)).sum() == 1
 
 
+def test_cap_limits_generated_picks_while_real_ones_remain():
+    c = np.arange(10, dtype=np.int64)
+    s = np.arange(10, dtype=np.float32)  # the generated rows 0-4 score lowest
+    gen = c < 5
+    assert select_lowest_capped(c, s, 4, gen, 0.5).tolist() == [0, 1, 5, 6]
+    assert select_lowest_capped(c, s, 4, gen, 1.0).tolist() == [0, 1, 2, 3]
+    # only 2 real rows: the cap gives way rather than returning fewer than asked
+    assert select_lowest_capped(c[:7], s[:7], 4, gen[:7], 0.0).tolist() == [0, 1, 5, 6]
+    f = np.zeros((10, 2), np.float32)
+    assert (select_spread(c, s, f, 4, gen, 0.25) < 5).sum() == 1
+
+
+def test_spread_covers_every_cluster_of_the_shortlist():
+    # 3 clusters; cluster 0 holds all the best scores, so the lowest-N would take only it
+    rng = np.random.default_rng(0)
+    f = np.concatenate([rng.normal(0, 0.1, (20, 2)) + [10 * k, 0] for k in range(3)])
+    c = np.arange(60, dtype=np.int64)
+    s = np.concatenate([np.linspace(0, 0.1, 20), np.linspace(0.5, 0.6, 20), np.ones(20)])
+    gen = np.zeros(60, dtype=bool)
+    assert (select_lowest_capped(c, s, 3, gen, 1.0) < 20).all()
+    out = select_spread(c, s, f.astype(np.float32), 3, gen, 1.0)
+    assert sorted(out // 20) == [0, 1, 2] and 0 in out  # the best-scored image comes first
+
+
+def test_fused_ranks_move_uncertain_candidates_up():
+    d1 = np.array([0.1, 0.2, 0.3, 0.4])
+    uncertainty = -np.array([0.0, 0.0, 0.0, 2.0])  # lower = more uncertain for the fusion
+    np.testing.assert_array_equal(fuse_ranks(d1, uncertainty, 0.0), d1)
+    assert np.argmin(fuse_ranks(d1, uncertainty, 0.9)) == 3
+    assert np.argmin(fuse_ranks(d1, uncertainty, 0.2)) == 0
+
+
+def test_roc_auc_matches_its_definition():
+    from dgaal_core.round_parts import roc_auc
+
+    assert roc_auc(np.array([0.9, 0.8]), np.array([0.1, 0.2])) == 1.0
+    assert roc_auc(np.array([0.1]), np.array([0.9])) == 0.0
+    assert roc_auc(np.array([0.5, 0.5]), np.array([0.5])) == 0.5
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(1, 1, 300), rng.normal(0, 1, 200)
+    assert roc_auc(a, b) == pytest.approx(float((a[:, None] > b[None, :]).mean()))
+    assert np.isnan(roc_auc(a[:0], b))
+
+
 def test_strategy_table_names_every_cli_choice():
-    assert set(STRATEGIES) == {"dgaal", "vaal", "vaal-coevo", "random", "entropy", "coreset"}
+    assert set(STRATEGIES) == {
+        "dgaal", "dgaal-paper", "vaal", "vaal-coevo", "random", "entropy", "coreset",
+    }  # fmt: skip
     assert strategy_spec("dgaal").generate and strategy_spec("dgaal").coevolve
+    assert strategy_spec("dgaal-paper").selection_defaults == {
+        "shortlist": 1.0, "task_weight": 0.0, "generated_cap": 1.0,
+    }  # fmt: skip
+    assert not strategy_spec("dgaal-paper").retrain_gan and strategy_spec("vaal").retrain_gan
     assert not strategy_spec("vaal").coevolve and not strategy_spec("vaal").generate
     assert strategy_spec("vaal-coevo").coevolve and not strategy_spec("vaal-coevo").generate
     with pytest.raises(ValueError, match="choose one of"):
