@@ -139,6 +139,10 @@ def test_results_hold_every_run_and_round(finished):
     )
     # round 0 is the same model on the same initial set for every strategy of a seed
     assert dgaal["rounds"][0]["accuracy"] == random["rounds"][0]["accuracy"]
+    # every generating round is judged by the reference T; the others have nothing to judge
+    assert all(0.0 <= r["label_fidelity"] <= 1.0 for r in dgaal["rounds"][1:])
+    assert not any("label_fidelity" in r for r in random["rounds"])
+    assert (finished[1] / "reference_task.pt").exists()
 
 
 def test_runs_share_the_seed_s_initial_set_and_leave_the_source_alone(finished):

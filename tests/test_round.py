@@ -108,3 +108,64 @@ def test_budget_beyond_the_candidates_takes_the_rest_then_stops_clearly(tmp_path
     assert len(rec["selected"]) == 5
     with pytest.raises(EmptyPoolError, match="no candidates left"):
         run_round(path, strategy="random", budget=50)
+
+
+def _checkpoint(path: Path, n: int, name: str = "checkpoint.pt") -> dict:
+    from dgaal_core.checkpoint import load_checkpoint
+
+    return load_checkpoint(path.parent / "p.dgaal" / f"round-{n:04d}" / name)
+
+
+def test_paper_loop_runs_algorithm_1_once_then_selects_with_the_co_evolved_d1(tmp_path):
+    import torch
+
+    path = tmp_path / "p.h5"
+    tiny_pool(path)
+    run_round(path, strategy="dgaal-paper")
+    run_round(path, strategy="dgaal-paper")
+    first, second = _checkpoint(path, 1), _checkpoint(path, 2, "trained.pt")
+    assert first["step"] == FAST["gan_steps"] and first["coevolve_step"] == FAST["coevolve_steps"]
+    # round 2 trained nothing before selecting: its models are round 1's co-evolved ones
+    assert second["step"] == first["step"] and second["coevolve_step"] == first["coevolve_step"]
+    for k, v in first["models"]["d1"].items():
+        assert torch.equal(v, second["models"]["d1"][k]), k
+    assert _checkpoint(path, 2)["coevolve_step"] == 2 * FAST["coevolve_steps"]
+
+
+def test_retrain_gan_reruns_algorithm_1_every_round(tmp_path):
+    path = tmp_path / "p.h5"
+    tiny_pool(path)
+    run_round(path, strategy="dgaal-paper", retrain_gan=True)
+    run_round(path, strategy="dgaal-paper", retrain_gan=True)
+    assert _checkpoint(path, 2, "trained.pt")["step"] == FAST["gan_steps"]  # a fresh run's count
+    assert _checkpoint(path, 2, "trained.pt")["coevolve_step"] == 0
+
+
+def test_round_record_says_what_the_selection_did(tmp_path):
+    path = tmp_path / "p.h5"
+    truth = tiny_pool(path)
+    rec = run_round(path, strategy="dgaal", budget=12)
+    sel = np.asarray(rec["selected"])
+    assert rec["picked_classes"] == np.bincount(truth[sel], minlength=4).tolist()
+    assert rec["generated_share"] == 0.0 and 0.0 <= rec["d1_auc"] <= 1.0
+    assert 0.0 < rec["generated_distance"] < 1.0
+    lo, hi = rec["generated_ids"]
+    assert hi - lo == 12 and lo == 120  # appended after the 120 real rows
+    rec2 = run_round(path, strategy="dgaal", budget=12, generated_cap=0.25)
+    with PoolReader(path) as r:
+        gen = r.fields["origin"][np.asarray(rec2["selected"])] == Origin.GENERATED
+    assert gen.sum() <= 3 and rec2["generated_share"] == gen.mean()
+
+
+def test_a_round_that_takes_every_candidate_still_completes(tmp_path):
+    path = tmp_path / "p.h5"
+    tiny_pool(path)
+    with PoolWriter(path) as w:  # leave 6 candidates, all of which the round takes
+        cand = np.flatnonzero(w.field("state") == State.UNLABELLED)
+        w.set_state(cand[6:], State.EXCLUDED)
+        w.commit()
+    rec = run_round(path, strategy="dgaal", budget=6)
+    assert len(rec["selected"]) == 6 and rec["generated_added"] == 6
+    assert rec["candidates"] == 6  # only the new x_g: co-evolution had nothing to learn on
+    rec = run_round(path, strategy="dgaal", budget=6)  # and the next round picks them for free
+    assert rec["free_labels"] == 6 and rec["oracle_queries"] == 0

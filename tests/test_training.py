@@ -289,3 +289,49 @@ def test_union_sampling_and_augmentation_are_seeded() -> None:
 def test_auto_device_is_cpu_without_cuda() -> None:
     expected = "cuda" if torch.cuda.is_available() else "cpu"
     assert resolve_device("auto").type == expected
+
+
+def test_task_step_budget_grows_with_the_labelled_set_within_its_bounds() -> None:
+    from dgaal_core.config import TrainConfig
+
+    cfg = TrainConfig(batch_size=32, task_epochs=30, task_min_steps=1000, task_max_steps=4000)
+    assert cfg.num_task_steps(72) == 1000  # 30 epochs would be only 90 steps
+    assert cfg.num_task_steps(3200) == 3000
+    assert cfg.num_task_steps(10_000) == 4000
+    assert TrainConfig(batch_size=32, task_epochs=2).num_task_steps(64) == 4
+
+
+def test_task_learning_rate_warms_up_then_decays_to_zero() -> None:
+    from dgaal_core.task import warmup_cosine
+
+    f = [warmup_cosine(s, 100, 0.1) for s in range(100)]
+    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(f[9:], f[10:], strict=False))  # monotone after warm-up
+    assert f[-1] < 0.01 and warmup_cosine(0, 10, 0.0) == 1.0
+
+
+def test_train_task_runs_exactly_its_step_budget() -> None:
+    run = small_run()
+    model = build_task_model(run.model, 0)
+    source = ArraySource(blobs(40, 3), np.arange(40) % 10)
+    steps = []
+    model.register_forward_hook(lambda *_: steps.append(1))
+    history = train_task(model, source, run.train, np.random.default_rng(0), steps=7)
+    per_pass = -(-40 // run.train.batch_size)
+    assert len(steps) == 7 and len(history["loss"]) == -(-7 // per_pass)  # one entry per pass
+
+
+def test_x_r_comes_from_the_real_source_when_one_is_given(
+    pools: tuple[ArraySource, ArraySource],
+) -> None:
+    asked: list[int] = []
+
+    class Counting(ArraySource):
+        def get(self, indices: np.ndarray):  # type: ignore[override]
+            asked.append(len(indices))
+            return super().get(indices)
+
+    real = Counting(blobs(20, 9))
+    trainer = DGAALTrainer.create(small_run(), "cpu")
+    trainer.train_gan(*pools, steps=3, real=real, progress=False)
+    assert asked == [trainer.config.batch_size] * 3  # one x_r batch per iteration
