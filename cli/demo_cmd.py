@@ -30,12 +30,17 @@ class DemoSettings:
     step: float
     until: float
     gan_steps: int
-    task_epochs: int
+    task_epochs: int | None  # None: the small preset's (a step budget, see TrainConfig)
     coevolve_steps: int
+    task_min_steps: int | None = None
 
 
-FULL = DemoSettings("demo", None, None, ("dgaal", "random"), (0, 1), 0.05, 0.05, 0.25, 200, 15, 50)
-QUICK = DemoSettings("demo-quick", 300, 100, ("dgaal", "random"), (0,), 0.1, 0.1, 0.3, 8, 2, 4)
+FULL = DemoSettings(
+    "demo", None, None, ("dgaal", "random"), (0, 1), 0.05, 0.05, 0.25, 200, None, 50
+)
+QUICK = DemoSettings(
+    "demo-quick", 300, 100, ("dgaal", "random"), (0,), 0.1, 0.1, 0.3, 8, 2, 4, task_min_steps=0
+)
 
 
 def _digits_pool(path: Path, s: DemoSettings) -> None:
@@ -90,7 +95,7 @@ def demo_command(
         schedule=Schedule(s.initial, s.step, s.until),
         round=RoundConfig(
             preset="small", gan_steps=s.gan_steps, task_epochs=s.task_epochs,
-            coevolve_steps=s.coevolve_steps,
+            coevolve_steps=s.coevolve_steps, task_min_steps=s.task_min_steps,
         ),
     )  # fmt: skip
     out = workdir / s.name

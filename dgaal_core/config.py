@@ -88,6 +88,7 @@ class ModelConfig:
     d2_max_channels: int = 256
     task_kind: TaskKind = "vgg16"
     task_width: int = 64  # VGG16: channels of the first stage (64 = the standard VGG16)
+    noise_skips: bool = False  # the noise head's scales also scale the U-Net's skip features
 
     def __post_init__(self) -> None:
         n = type(self).__name__

@@ -22,7 +22,9 @@ Readings of the paper (sections 3.1-3.2) that needed a choice, and why:
   first in G2. The scales are a buffer drawn at initialisation (used in training) and never train;
   each generation call passes fresh scales drawn from a ``torch.Generator``
   (:meth:`Generator.sample_noise_scales`), as an explicit tensor input that ONNX keeps as a graph
-  input.
+  input. The full-resolution skips bypass the bottleneck, so there the head barely moves x_g
+  (mean |x_g - x_s| 0.025 whatever the spread, ``benchmarks/generation_balance.py``);
+  ``ModelConfig.noise_skips`` also scales each skip's c_i channels by the first c_i scales.
 - **Normalisation.** Batch norm in G (pix2pix-style U-Net); per-sample norms (group/instance)
   would remove a global brightness offset, which both reconstruction and D1 need. Training feeds
   labelled and unlabelled images through G1 in one batch, so batch statistics never differ by pool.
@@ -127,9 +129,11 @@ class Decoder(nn.Module):
         sizes: Sequence[Size],
         z_dim: int,
         res_blocks: int,
+        noise_skips: bool = False,
     ) -> None:
         super().__init__()
         cb = channels[-1]
+        self.noise_skips = noise_skips
         noise = torch.empty(cb).uniform_(NOISE_LOW, NOISE_HIGH)
         self.register_buffer("noise_weight", noise)  # (c_b,) never trained
         self.z_proj = nn.Linear(z_dim, cb)
@@ -162,6 +166,8 @@ class Decoder(nn.Module):
         h = h + self.z_proj(z)[:, :, None, None]
         h = self.res(h)
         for up, merge, skip in zip(self.ups, self.merges, reversed(skips), strict=True):
+            if self.noise_skips:  # the first c_i scales (c_i <= c_b) on this level's skip
+                skip = skip * noise_scales[: skip.shape[1]].view(1, -1, 1, 1)
             h = merge(torch.cat([up(h), skip], dim=1))  # (B, c_i, h_i, w_i)
         return torch.tanh(self.out(h))  # (B, C, H, W)
 
@@ -176,7 +182,7 @@ class Generator(nn.Module):
         chans = [min(cfg.g_channels * 2**i, cfg.g_max_channels) for i in range(len(sizes))]
         self.sizes = sizes
         self.g1 = Encoder(c, chans, sizes, cfg.latent_dim)
-        self.g2 = Decoder(c, chans, sizes, cfg.latent_dim, cfg.g_res_blocks)
+        self.g2 = Decoder(c, chans, sizes, cfg.latent_dim, cfg.g_res_blocks, cfg.noise_skips)
 
     @property
     def noise_channels(self) -> int:

@@ -55,6 +55,7 @@ class RoundConfig:
     retrain_gan: bool | None = None  # re-run Algorithm 1 every round (None: the strategy's)
     pmse_weight: float | None = None  # lambda of Eq. 8 (None: the preset's 0.1)
     noise_spread: float = 0.05  # x_g's noise-head scales are drawn in [1 - s, 1 + s]
+    noise_skips: bool = False  # the noise head also scales the U-Net's skips (ModelConfig)
 
     def __post_init__(self) -> None:
         strategy_spec(self.strategy)  # ValueError on an unknown name
@@ -113,7 +114,10 @@ class RoundConfig:
             value = getattr(self, name)
             if value is not None:
                 overrides[name] = value
-        return preset(self.preset, image_shape, num_classes, **overrides)
+        run = preset(self.preset, image_shape, num_classes, **overrides)
+        if self.noise_skips:
+            run = dataclasses.replace(run, model=dataclasses.replace(run.model, noise_skips=True))
+        return run
 
     def budget_count(self, real_rows: int) -> int:
         """The number of images to select this round."""
