@@ -124,6 +124,11 @@ NoiseSpreadOpt = Annotated[
 ]
 
 
+NoiseSkipsOpt = Annotated[
+    bool, typer.Option("--noise-skips", help="The noise head also scales the U-Net's skips.")
+]
+
+
 def method_settings(
     task_min_steps: int | None,
     shortlist: float | None,
@@ -132,6 +137,7 @@ def method_settings(
     retrain_gan: bool | None,
     pmse_weight: float | None,
     noise_spread: float,
+    noise_skips: bool = False,
 ) -> dict[str, object]:
     """The RoundConfig fields of the options above, as keyword arguments."""
     return {
@@ -142,4 +148,5 @@ def method_settings(
         "retrain_gan": retrain_gan,
         "pmse_weight": pmse_weight,
         "noise_spread": noise_spread,
+        "noise_skips": noise_skips,
     }

@@ -15,6 +15,7 @@ from .common import (
     EpochsOpt,
     GanStepsOpt,
     GeneratedCapOpt,
+    NoiseSkipsOpt,
     NoiseSpreadOpt,
     PmseWeightOpt,
     PresetOpt,
@@ -106,6 +107,7 @@ def experiment_command(
     retrain_gan: RetrainGanOpt = None,
     pmse_weight: PmseWeightOpt = None,
     noise_spread: NoiseSpreadOpt = 0.05,
+    noise_skips: NoiseSkipsOpt = False,
     depth_limit: DepthLimitOpt = 2,
     device: DeviceOpt = "auto",
     provider: ProviderOpt = "auto",
@@ -139,7 +141,7 @@ def experiment_command(
                 task_epochs=task_epochs, coevolve_steps=coevolve_steps, depth_limit=depth_limit,
                 **method_settings(
                     task_min_steps, shortlist, task_weight, generated_cap, retrain_gan,
-                    pmse_weight, noise_spread,
+                    pmse_weight, noise_spread, noise_skips,
                 ),
             ),
         )  # fmt: skip

@@ -14,6 +14,7 @@ from .common import (
     EpochsOpt,
     GanStepsOpt,
     GeneratedCapOpt,
+    NoiseSkipsOpt,
     NoiseSpreadOpt,
     PmseWeightOpt,
     PresetOpt,
@@ -96,6 +97,7 @@ def round_command(
     retrain_gan: RetrainGanOpt = None,
     pmse_weight: PmseWeightOpt = None,
     noise_spread: NoiseSpreadOpt = 0.05,
+    noise_skips: NoiseSkipsOpt = False,
     depth_limit: DepthLimitOpt = 2,
     augment_ratio: Annotated[
         float, typer.Option(help="Share of x_g that joins the labelled set directly (sec. 4.3.2).")
@@ -124,7 +126,7 @@ def round_command(
             depth_limit=depth_limit, augment_ratio=augment_ratio,
             **method_settings(
                 task_min_steps, shortlist, task_weight, generated_cap, retrain_gan, pmse_weight,
-                noise_spread,
+                noise_spread, noise_skips,
             ),
         )  # fmt: skip
     except ValueError as e:

@@ -22,7 +22,9 @@ from dgaal_core.pool import PoolReader
 from dgaal_core.schema import Origin, State
 
 DGAAL = shutil.which("dgaal", path=str(Path(sys.executable).parent)) or "dgaal"
-FAST = ["--gan-steps", "6", "--task-epochs", "1", "--budget", "40", "--quiet"]
+FAST = [
+    "--gan-steps", "6", "--task-epochs", "1", "--task-min-steps", "0", "--budget", "40", "--quiet",
+]  # fmt: skip
 # one intra-op thread: these models are tiny, and it keeps the tests steady on a busy machine
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
@@ -80,10 +82,14 @@ def test_two_rounds_with_the_simulated_oracle(pool):
     assert first["labelled"] == 144 and first["images"] == 1438 and first["test"] == 359
     out = dgaal("round", "--pool", str(pool), *FAST).stdout
     assert "round 1" in out and "oracle queries" in out
-    dgaal("round", "--pool", str(pool), *FAST)
+    settings = ["--shortlist", "2", "--task-weight", "0.3", "--generated-cap", "0.25"]
+    dgaal("round", "--pool", str(pool), *FAST, *settings, "--noise-spread", "0.2")
     after = info(pool)
     rounds = after["rounds"]
     assert [r["round"] for r in rounds] == [1, 2]
+    cfg = rounds[1]["config"]
+    assert (cfg["shortlist"], cfg["task_weight"], cfg["generated_cap"]) == (2.0, 0.3, 0.25)
+    assert rounds[1]["free_labels"] <= 10 and cfg["noise_spread"] == 0.2
     assert all(r["oracle_queries"] + r["free_labels"] == 40 for r in rounds)
     assert after["labelled"] == 144 + 80
     assert after["generated"] == sum(r["generated_added"] for r in rounds) == 80
