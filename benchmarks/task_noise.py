@@ -33,9 +33,15 @@ from dgaal_core.task import evaluate_task, train_task
 
 HERE = Path(__file__).resolve().parent
 TARGET_SD = {"digits": 0.5, "cifar": 1.0}
+OVERRIDABLE = (
+    "task_epochs", "task_min_steps", "task_max_steps", "lr_t", "task_weight_decay", "task_ema",
+)  # fmt: skip
+OVERRIDABLE = (
+    "task_epochs", "task_min_steps", "task_max_steps", "lr_t", "task_weight_decay", "task_ema",
+)  # fmt: skip
 TASK_SETTINGS = (
     "task_epochs", "task_min_steps", "task_max_steps", "lr_t", "task_weight_decay", "task_warmup",
-    "batch_size", "augment",
+    "task_ema", "batch_size", "augment",
 )  # fmt: skip
 
 
@@ -124,14 +130,10 @@ def main() -> None:
     ap.add_argument("--tag", default="", help="suffix of the output files (settings trials)")
     for name in ("task_epochs", "task_min_steps", "task_max_steps"):
         ap.add_argument(f"--{name.replace('_', '-')}", type=int, default=None)
-    for name in ("lr_t", "task_weight_decay"):
+    for name in ("lr_t", "task_weight_decay", "task_ema"):
         ap.add_argument(f"--{name.replace('_', '-')}", type=float, default=None)
     args = ap.parse_args()
-    overrides = {
-        k: getattr(args, k)
-        for k in ("task_epochs", "task_min_steps", "task_max_steps", "lr_t", "task_weight_decay")
-        if getattr(args, k) is not None
-    }
+    overrides = {k: getattr(args, k) for k in OVERRIDABLE if getattr(args, k) is not None}
     fractions = [float(f) for f in args.fractions.split(",")]
     t0 = time.perf_counter()
     rows = []

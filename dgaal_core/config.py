@@ -149,6 +149,7 @@ class TrainConfig:
     task_max_steps: int | None = None  # and at most this many (None: no bound)
     task_weight_decay: float = 5e-4  # decoupled (AdamW) weight decay of T
     task_warmup: float = 0.05  # share of T's steps with a linear learning-rate warm-up
+    task_ema: float = 0.0  # > 0: T ends as the exponential moving average of its weights
     eval_batch_size: int = 256
     augment: bool = True  # random crop with padding (+ horizontal flip for RGB) when training T
     seed: int = 0
@@ -178,8 +179,10 @@ class TrainConfig:
         if self.task_max_steps is not None:
             ok = isinstance(self.task_max_steps, int) and self.task_max_steps >= 1
             _check(ok, n, "task_max_steps", "None or an integer >= 1", self.task_max_steps)
-        ok = isinstance(self.task_warmup, int | float) and 0 <= self.task_warmup < 1
-        _check(ok, n, "task_warmup", "a number in [0, 1)", self.task_warmup)
+        for name in ("task_warmup", "task_ema"):
+            value = getattr(self, name)
+            ok = isinstance(value, int | float) and 0 <= value < 1
+            _check(ok, n, name, "a number in [0, 1)", value)
         for name in (
             "gan_epochs", "lr_g1", "lr_d1", "lr_g", "lr_d2", "lr_t", "pmse_weight",
             "task_weight_decay",

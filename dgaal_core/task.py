@@ -118,6 +118,13 @@ def train_task(
     )
     history: History = {"loss": [], "accuracy": []}
     sums = {"loss": 0.0, "correct": 0, "seen": 0}
+    ema = None
+    if config.task_ema > 0:  # averages weights and batch-norm buffers
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        ema = AveragedModel(
+            model, multi_avg_fn=get_ema_multi_avg_fn(config.task_ema), use_buffers=True
+        )
 
     def close_pass() -> dict[str, float]:
         seen = max(1, int(sums["seen"]))
@@ -140,11 +147,15 @@ def train_task(
             x, y = to_model_input(images, dev), _labels(labels, dev)
             loss, logits = task_step(model, opt, x, y, amp=config.amp)
             sched.step()
+            if ema is not None:
+                ema.update_parameters(model)
             sums["loss"] += float(loss) * len(y)
             sums["correct"] += int((logits.argmax(1) == y).sum())
             sums["seen"] += len(y)
             update({"loss": float(loss), "step": step + 1})
         close_pass()
+    if ema is not None:
+        model.load_state_dict(ema.module.state_dict())
     return history
 
 
