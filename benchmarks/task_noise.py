@@ -15,6 +15,7 @@ T settings; ``--split test`` is for the committed numbers only. Writes JSON + Ma
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -62,6 +63,7 @@ def measure(
     seeds: int,
     overrides: dict[str, Any],
     cache: Path,
+    width: int | None = None,
 ) -> list[dict[str, Any]]:
     """Accuracies of T over ``seeds`` training seeds per labelled fraction."""
     src = source_for(data, split, cache)
@@ -74,6 +76,10 @@ def measure(
         accs, secs = [], []
         for s in range(seeds):
             run = preset("small", src.image_shape, len(src.class_names), **overrides, seed=s)
+            if width is not None:
+                run = dataclasses.replace(
+                    run, model=dataclasses.replace(run.model, task_width=width)
+                )
             task = build_task_model(run.model, derive_seed(s, "task-noise"))
             rng = np.random.default_rng(derive_seed(s, "task-noise", "batches"))
             t0 = time.perf_counter()
@@ -132,13 +138,14 @@ def main() -> None:
         ap.add_argument(f"--{name.replace('_', '-')}", type=int, default=None)
     for name in ("lr_t", "task_weight_decay", "task_ema"):
         ap.add_argument(f"--{name.replace('_', '-')}", type=float, default=None)
+    ap.add_argument("--width", type=int, default=None, help="T's width (small preset: 16)")
     args = ap.parse_args()
     overrides = {k: getattr(args, k) for k in OVERRIDABLE if getattr(args, k) is not None}
     fractions = [float(f) for f in args.fractions.split(",")]
     t0 = time.perf_counter()
     rows = []
     for data in args.data.split(","):
-        rows += measure(data, args.split, fractions, args.seeds, overrides, args.cache)
+        rows += measure(data, args.split, fractions, args.seeds, overrides, args.cache, args.width)
     import torch
 
     run = preset("small", (8, 8, 1), 10, **overrides).train
