@@ -157,9 +157,67 @@ def summary_markdown(results: dict[str, Any], agg: dict[str, list[Point]] | None
         lines.append(f"| {strategy} | {seeds} | " + " | ".join(row) + " |")
     lines += _equal_queries_section(agg)
     lines += _reach_section(agg)
+    lines += _paired_section(results)
     lines += _cost_section(agg)
     lines += _diagnostics_section(results)
     return "\n".join(lines) + "\n"
+
+
+def paired_differences(
+    results: dict[str, Any], strategy: str, other: str
+) -> dict[int, list[float]]:
+    """Per round, ``strategy``'s accuracy minus ``other``'s on each seed both ran: the two
+    share the seed's initial labelled set, so these differences carry less noise than the gap
+    between the means."""
+    acc: dict[tuple[str, int, int], float] = {}
+    for run in results["runs"]:
+        for row in run["rounds"]:
+            if row.get("accuracy") is not None:
+                acc[(run["strategy"], int(run["seed"]), int(row["round"]))] = float(row["accuracy"])
+    out: dict[int, list[float]] = {}
+    for (s, seed, n), a in sorted(acc.items()):
+        if s == strategy and (other, seed, n) in acc and n > 0:
+            out.setdefault(n, []).append(a - acc[(other, seed, n)])
+    return out
+
+
+def _paired_section(results: dict[str, Any], strategy: str = "dgaal") -> list[str]:
+    """``strategy`` minus each other strategy, per round: mean ± sd of the per-seed differences
+    and how many seeds it won."""
+    others = [s for s in strategies_of(results) if s != strategy]
+    if strategy not in strategies_of(results) or not others:
+        return []
+    ratio_of = {
+        int(row["round"]): _ratio_key(float(row["labelled_ratio"]))
+        for run in results["runs"]
+        if run["strategy"] == strategy
+        for row in run["rounds"]
+    }
+    rounds = sorted(n for n in ratio_of if n > 0)
+    lines = [
+        "",
+        f"## {strategy} minus each other strategy, seed by seed (accuracy points)",
+        "",
+        "Per round: mean ± sd over seeds of the difference on the same seed (same initial "
+        "labelled set), and in brackets the seeds on which "
+        f"{strategy} was at least as accurate.",
+        "",
+        "| minus | " + " | ".join(f"{ratio_of[n]:g}%" for n in rounds) + " |",
+        "|---|" + "---|" * len(rounds),
+    ]
+    for other in others:
+        diffs = paired_differences(results, strategy, other)
+        cells = []
+        for n in rounds:
+            d = diffs.get(n)
+            if not d:
+                cells.append("–")
+                continue
+            sd = f" ± {100 * statistics.stdev(d):.1f}" if len(d) > 1 else ""
+            wins = sum(x >= 0 for x in d)
+            cells.append(f"{100 * _mean(d):+.1f}{sd} ({wins}/{len(d)})")
+        lines.append(f"| {other} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _reach_section(agg: dict[str, list[Point]], baseline: str = "random") -> list[str]:

@@ -16,6 +16,7 @@ from dgaal_core.report import (
     accuracy_at_queries,
     aggregate,
     headline,
+    paired_differences,
     results_from_pool,
     summary_markdown,
     write_report,
@@ -85,6 +86,17 @@ def test_summary_markdown_tables(results):
     assert "| strategy | 10 q | 20 q |" in md
     assert "| dgaal | 30.0% | 20 | 16 | 4.0 | 80.0% |" in md
     assert "seeds 0, 1" in md
+
+
+def test_paired_differences_compare_seed_by_seed(results):
+    diffs = paired_differences(results, "dgaal", "random")
+    assert list(diffs) == [1, 2]  # round 0 is the shared initial set
+    assert diffs[1] == pytest.approx([0.1, 0.2]) and diffs[2] == pytest.approx([0.2, 0.0])
+    md = summary_markdown(results)
+    assert "## dgaal minus each other strategy, seed by seed" in md
+    assert "| random | +15.0 ± 7.1 (2/2) | +10.0 ± 14.1 (2/2) |" in md
+    results["runs"][2]["rounds"][2]["accuracy"] = 0.7  # seed 1: dgaal now 10 points behind
+    assert "| random | +15.0 ± 7.1 (2/2) | +5.0 ± 21.2 (1/2) |" in summary_markdown(results)
 
 
 def test_headline_compares_with_random(results):
