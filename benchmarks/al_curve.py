@@ -70,15 +70,16 @@ def noise_floor(pool: Path, round_config: RoundConfig, seeds: int = 5) -> dict:
     }
 
 
-def _floor_text(floor: dict | None) -> str:
+def _floor_text(floor: dict | None, seeds: int) -> str:
     if not floor:
         return ""
     accs = ", ".join(f"{100 * a:.1f}" for a in floor["accuracies"])
     return (
         f"\nNoise floor: T trained {len(floor['accuracies'])} times on one fixed labelled set "
         f"({floor['labelled']} images, the last round of random seed 0), only the training seed "
-        f"varying: {100 * floor['mean']:.1f} ± {100 * floor['sd']:.1f}% ({accs}). Differences "
-        "between strategies smaller than this are not resolved by 3 seeds.\n"
+        f"varying: {100 * floor['mean']:.1f} ± {100 * floor['sd']:.1f}% ({accs}). A gap between "
+        f"two strategies' means is resolved only well above this sd / sqrt({seeds} seeds); the "
+        "seed-by-seed table above compares runs that share their initial set.\n"
     )
 
 
@@ -179,7 +180,7 @@ def main() -> None:
         + f"with {b['torch_threads']} thread(s): {b['wall_seconds'] / 60:.1f} min wall time, "
         + f"{b['round_seconds_total']:.0f} s inside the rounds.\n\n"
         + (headline(agg) + "\n" if "random" in agg and "dgaal" in agg else "")
-        + _floor_text(b.get("task_noise_floor"))
+        + _floor_text(b.get("task_noise_floor"), len(config.seeds))
     )
     for f in files:
         print(f"wrote {f}")
