@@ -185,6 +185,8 @@ class Experiment:
             "source": str(self.source),
             "schedule": self.config.schedule.to_dict(),
             "round": self.config.shared_round_settings(),
+            # resolved, so that a changed strategy default is caught on resume
+            "selection": self.config.round_config(strategy, seed, 1).selection(),
         }
 
     def _make_pool(self, path: Path, strategy: str, seed: int) -> None:
@@ -212,6 +214,8 @@ class Experiment:
         ]
         pairs += [(k, meta.get(k), want[k]) for k in ("strategy", "seed")]
         pairs += [(k, meta.get("round", {}).get(k), v) for k, v in want["round"].items()]
+        if "selection" in meta:  # runs made before it was recorded cannot be checked
+            pairs.append(("selection", meta["selection"], want["selection"]))
         clash = [f"{k} {have} there, {asked} asked" for k, have, asked in pairs if have != asked]
         if clash:
             raise ExperimentError(

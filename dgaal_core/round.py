@@ -407,6 +407,7 @@ class Round:
             "test_loss": None if metrics is None else metrics.mean_loss,
             "timings": dict(self.timings),
             "config": self.config.to_dict(),
+            "selection": self.config.selection(),  # the strategy's defaults resolved
             "run_config": run.to_dict(),
             "workdir": str(rdir),
         }

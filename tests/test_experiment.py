@@ -14,6 +14,7 @@ from pools import class_images
 from typer.testing import CliRunner
 
 from cli.main import app
+from dgaal_core import strategies
 from dgaal_core.experiment import (
     Experiment,
     ExperimentConfig,
@@ -174,6 +175,18 @@ def test_changed_settings_are_refused(finished):
         experiment(source, out, schedule=Schedule(20, 5, 40)).run()
     with pytest.raises(ExperimentError, match="task_epochs 1 there, 2 asked"):
         experiment(source, out, round=dataclasses.replace(FAST, task_epochs=2)).run()
+
+
+def test_a_changed_strategy_default_is_refused(finished, monkeypatch):
+    """The run records its resolved selection settings, so a new default cannot silently mix
+    with runs made under the old one."""
+    source, out, _ = finished
+    changed = {**strategies.SELECTION_DEFAULTS["dgaal"], "task_weight": 0.123}
+    monkeypatch.setitem(strategies.SELECTION_DEFAULTS, "dgaal", changed)
+    with pytest.raises(ExperimentError, match=r"selection .* there"):
+        experiment(source, out).run()
+    with PoolReader(out / "runs" / "dgaal-seed0" / "pools.h5") as r:
+        assert r.rounds()[-1]["selection"]["task_weight"] != 0.123
 
 
 # ---- interruptions ------------------------------------------------------------------------------
