@@ -106,6 +106,9 @@ def main() -> None:
         help="a RoundConfig setting for every run, e.g. shortlist=4 (repeatable)",
     )
     ap.add_argument("--measure", action="store_true", help="time one DGAAL run and stop")
+    ap.add_argument(
+        "--no-floor", action="store_true", help="skip T's noise floor (see task_noise.py instead)"
+    )
     args = ap.parse_args()
 
     args.work.mkdir(parents=True, exist_ok=True)
@@ -153,7 +156,7 @@ def main() -> None:
         "torch_threads": torch.get_num_threads(),
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
     }
-    if "random" in config.strategies:
+    if "random" in config.strategies and not args.no_floor:
         floor = noise_floor(exp.pool_path("random", config.seeds[0]), config.round)
         results["benchmark"]["task_noise_floor"] = floor
     results["source"] = {
