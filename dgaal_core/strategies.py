@@ -32,7 +32,7 @@ STRATEGIES: dict[str, tuple[str, bool, bool, bool]] = {
 # ``dgaal`` is the same method with the settings benchmarks/al_curve.py measured best on the
 # validation splits (see the README's "What the benchmarks say").
 SELECTION_DEFAULTS: dict[str, dict[str, float]] = {
-    "dgaal": {"shortlist": 4.0, "task_weight": 0.8, "generated_cap": 0.5},
+    "dgaal": {"shortlist": 4.0, "task_weight": 0.3, "generated_cap": 0.5},
     "dgaal-paper": {"shortlist": 1.0, "task_weight": 0.0, "generated_cap": 1.0},
     "vaal": {"shortlist": 1.0, "task_weight": 0.0, "generated_cap": 1.0},
     "vaal-coevo": {"shortlist": 1.0, "task_weight": 0.0, "generated_cap": 1.0},
