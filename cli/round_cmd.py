@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+
+from dgaal_core.errors import DgaalError
 
 from .common import (
     CoevolveStepsOpt,
@@ -34,10 +37,14 @@ PoolOpt = Annotated[Path, typer.Option("--pool", help="Pool file (e.g. pools.h5)
 
 
 def _budget(value: str) -> float:
+    """``--budget``: a finite fraction below 1 or a whole count (RoundConfig checks the rest)."""
     try:
-        return float(value)
+        budget = float(value)
     except ValueError:
-        raise typer.BadParameter("a fraction (0.05) or a count (2500)") from None
+        budget = float("nan")
+    if not math.isfinite(budget):
+        raise DgaalError(f"--budget {value}: expected a fraction (0.05) or a count (2500)")
+    return budget
 
 
 def _summary(record: dict[str, Any]) -> None:
@@ -79,6 +86,13 @@ def round_command(
     budget: Annotated[
         str, typer.Option(help="Images to select: a fraction of the real images (0.05) or a count.")
     ] = "0.05",
+    take_all: Annotated[
+        bool,
+        typer.Option(
+            "--take-all",
+            help="When --budget exceeds the candidates left, label them all (else refused).",
+        ),
+    ] = False,
     oracle: Annotated[
         str, typer.Option(help="simulated (answers from stored truth) | human | auto.")
     ] = "auto",
@@ -123,14 +137,14 @@ def round_command(
             strategy=strategy, budget=_budget(budget), oracle=oracle, preset=preset, seed=seed,
             device=device, gan_epochs=epochs, gan_steps=gan_steps, task_epochs=task_epochs,
             coevolve_steps=coevolve_steps,
-            depth_limit=depth_limit, augment_ratio=augment_ratio,
+            depth_limit=depth_limit, augment_ratio=augment_ratio, take_all=take_all,
             **method_settings(
                 task_min_steps, shortlist, task_weight, generated_cap, retrain_gan, pmse_weight,
                 noise_spread, noise_skips,
             ),
         )  # fmt: skip
-    except ValueError as e:
-        raise typer.BadParameter(str(e)) from None
+    except ValueError as e:  # ConfigError and unknown strategies: one line, like every error
+        raise DgaalError(str(e)) from None
     set_torch_threads(preset)
     log = console.print if not quiet else (lambda *_: None)
     with StageProgress(enabled=not quiet) as bars:

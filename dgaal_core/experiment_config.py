@@ -15,7 +15,7 @@ from .strategies import strategy_spec
 
 PAPER_STRATEGIES = ("dgaal", "dgaal-paper", "vaal", "vaal-coevo", "random")
 # RoundConfig fields the experiment sets per run or per round (not part of the shared settings)
-_PER_ROUND = ("strategy", "seed", "budget", "oracle")
+_PER_ROUND = ("strategy", "seed", "budget", "oracle", "take_all")
 
 
 class ExperimentError(DgaalError):
@@ -110,7 +110,12 @@ class ExperimentConfig:
     def round_config(self, strategy: str, seed: int, budget: int) -> RoundConfig:
         """The config of one round of one run."""
         return dataclasses.replace(
-            self.round, strategy=strategy, seed=seed, budget=float(budget), oracle="simulated"
+            self.round,
+            strategy=strategy,
+            seed=seed,
+            budget=float(budget),
+            oracle="simulated",
+            take_all=True,  # the last round takes the remainder when a target exceeds the pool
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -38,7 +38,7 @@ import numpy as np
 from .checkpoint import load_checkpoint, save_checkpoint, trainer_from_checkpoint
 from .config import RunConfig, derive_seed
 from .data import ArraySource
-from .errors import DgaalError, EmptyPoolError
+from .errors import DgaalError, EmptyPoolError, PoolExhaustedError
 from .models import build_task_model
 from .oracle import read_answers, simulated_answers, write_query_package
 from .pool import PoolReader
@@ -194,15 +194,32 @@ class Round:
         train_task(task, labelled, run.train, rng, progress=self.progress)
         return task
 
+    def _check_budget(self, reader: PoolReader, *, say: bool = True) -> int:
+        """The number of images to select, checked against the candidates left before the
+        round writes anything: more than are left is refused unless ``take_all`` asks for all
+        of them (an explicit choice: it ends the pool's supply of real candidates)."""
+        left = int(np.sum(reader.states == State.UNLABELLED))
+        if left == 0:
+            raise EmptyPoolError(f"{self.pool_path}: no candidates left; the pool is exhausted")
+        real_rows = int(np.sum(reader.fields["origin"] == Origin.REAL))
+        wanted = self.config.budget_count(real_rows)
+        if wanted <= left:
+            return wanted
+        if not self.config.take_all:
+            budget = self.config.budget
+            asked = f"{int(budget)}" if budget >= 1 else f"{budget:g} ({wanted} images)"
+            raise PoolExhaustedError(
+                f"--budget {asked} is more than the {left} candidates left in {self.pool_path}; "
+                f"give --budget {left} or less, or --take-all to label all of them"
+            )
+        if say:
+            self.log(f"budget {wanted} > {left} candidates left: taking them all (take_all)")
+        return left
+
     def _select(self, n: int, reader: PoolReader, trainer: DGAALTrainer, rdir: Path) -> np.ndarray:
         spec = strategy_spec(self.config.strategy)
         candidates = reader.ids(State.UNLABELLED)
-        if candidates.size == 0:
-            raise EmptyPoolError(f"{self.pool_path}: no candidates left; the pool is exhausted")
-        real_rows = int(np.sum(reader.fields["origin"] == Origin.REAL))
-        budget = min(self.config.budget_count(real_rows), candidates.size)
-        if self.config.budget_count(real_rows) > candidates.size:
-            self.log(f"budget > {candidates.size} candidates left: taking them all")
+        budget = self._check_budget(reader)
         t0 = time.perf_counter()
         if spec.source == "d1":
             picked = self._select_d1(n, reader, trainer, rdir, candidates, budget)
@@ -451,6 +468,8 @@ class Round:
                 )
             self.log(f"resuming round {n} after phase '{pending['phase']}'")
         else:
+            with self._reader() as r:
+                self._check_budget(r, say=False)  # refuse before anything is written
             rdir.mkdir(parents=True, exist_ok=True)
             with self._reader() as r:
                 trainer = self._train(n, r, rdir)

@@ -56,13 +56,18 @@ class RoundConfig:
     pmse_weight: float | None = None  # lambda of Eq. 8 (None: the preset's 0.1)
     noise_spread: float = 0.05  # x_g's noise-head scales are drawn in [1 - s, 1 + s]
     noise_skips: bool = False  # the noise head also scales the U-Net's skips (ModelConfig)
+    take_all: bool = False  # a budget above the candidates left takes them all (else refused)
 
     def __post_init__(self) -> None:
         strategy_spec(self.strategy)  # ValueError on an unknown name
         if self.oracle not in ("auto", "simulated", "human"):
             raise ConfigError(f"oracle must be auto, simulated or human, got {self.oracle!r}")
-        if self.budget <= 0:
+        if not (math.isfinite(self.budget) and self.budget > 0):
             raise ConfigError(f"budget must be > 0 (a fraction < 1 or a count), got {self.budget}")
+        if self.budget >= 1 and self.budget != int(self.budget):
+            raise ConfigError(
+                f"budget must be a fraction below 1 or a whole count, got {self.budget}"
+            )
         if not 0 <= self.augment_ratio <= 1:
             raise ConfigError(f"augment_ratio must lie in [0, 1], got {self.augment_ratio}")
         if self.depth_limit < 1:
