@@ -120,12 +120,23 @@ def round_command(
         Path | None, typer.Option(help="Checkpoints and ONNX files (default: POOL stem + .dgaal).")
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
+    abandon: Annotated[
+        bool,
+        typer.Option(
+            "--abandon",
+            help="Roll back the unfinished round instead (only before its labels are committed).",
+        ),
+    ] = False,
 ) -> None:
     """Run one active-learning round, or finish an interrupted one.
 
     Phases: train (Algorithm 1), export to ONNX, score candidates, select, label (oracle),
-    co-evolve D1, generate x_g = G(x_s), train and evaluate T.
+    co-evolve D1, generate x_g = G(x_s), train and evaluate T. With --abandon: roll back a round
+    that stopped before committing labels, or that waits for a person's answers.
     """
+    if abandon:
+        _abandon(pool, workdir)
+        return
     from dgaal_core.round import Round
     from dgaal_core.round_parts import RoundConfig
     from export.round_backend import onnx_exporter
@@ -158,6 +169,22 @@ def round_command(
         )
         return
     _summary(record)
+
+
+def _abandon(pool: Path, workdir: Path | None) -> None:
+    from dgaal_core.abandon import abandon_round
+
+    out = abandon_round(pool, workdir)
+    if out["phase"] is None:
+        what = "it had written nothing to the pool"
+    else:
+        what = f"{out['requeued']} queried images are candidates again"
+        if out["answers_discarded"]:
+            what += f" ({out['answers_discarded']} answers already imported discarded)"
+        if out["free_undone"]:
+            what += f", {out['free_undone']} free labels undone"
+    kept = f"; its folder is kept as {out['folder']}" if out["folder"] else ""
+    typer.echo(f"round {out['round']} abandoned: {what}{kept}")
 
 
 def label_command(

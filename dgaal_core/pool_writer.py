@@ -502,6 +502,11 @@ class PoolWriter:
             raise PoolUpdateError(f"labels must be {ids.size} values in [0, {k - 1}]")
         self.index.fields["label"][ids] = labels
 
+    def forget_labels(self, ids: np.ndarray | Sequence[int]) -> None:
+        """Make the labels of ``ids`` unknown again (``-1``), e.g. when a round is abandoned."""
+        ids = self._check_ids(np.asarray(ids))
+        self.index.fields["label"][ids] = -1
+
     def append(
         self,
         images: np.ndarray,

@@ -285,6 +285,7 @@ class Round:
             "round": n,
             "config": self.config.to_dict(),
             "selected": picked.tolist(),
+            "queried": need.tolist(),  # the rows a person or the simulated oracle answers
             "oracle_queries": int(need.size),
             "free_labels": int(free.size),
             "oracle": oracle,

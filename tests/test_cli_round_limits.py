@@ -70,3 +70,53 @@ def test_a_budget_above_the_candidates_is_refused_unless_take_all(pool: Path) ->
     # the pool is not stuck: the next round picks among the generated copies, for free
     ok("round", "--pool", pool, "--budget", "4", *FAST)
     assert info(pool)["rounds"][1]["oracle_queries"] == 0
+
+
+def answer(pool: Path, queries: Path, out: Path, count: int | None = None) -> None:
+    """Answer the first ``count`` queried ids of ``queries.csv`` with the truth."""
+    import csv
+
+    import h5py
+
+    with h5py.File(pool, "r") as f:
+        truth = f["pool/truth"][()]
+    ids = [int(row["id"]) for row in csv.DictReader(open(queries))][:count]
+    out.write_text("id,label\n" + "".join(f"{i},{truth[i]}\n" for i in ids))
+
+
+def test_abandon_rolls_back_a_round_before_its_labels_are_committed(pool: Path) -> None:
+    work = pool.with_name("pools.dgaal")
+    before = info(pool)
+    ok("round", "--pool", pool, "--oracle", "human", "--budget", "8", *FAST)
+    answer(pool, work / "round-0001" / "queries" / "queries.csv", pool.with_name("a.csv"), 3)
+    ok("label", "--pool", pool, pool.with_name("a.csv"))
+    assert info(pool)["queried"] == 5
+
+    out = ok("round", "--pool", pool, "--abandon")
+    assert "round 1 abandoned: 8 queried images are candidates again" in out
+    assert "3 answers already imported discarded" in out and "round-0001.abandoned" in out
+    after = info(pool)
+    assert {k: after[k] for k in ("labelled", "unlabelled", "queried", "rounds")} == {
+        k: before[k] for k in ("labelled", "unlabelled", "queried", "rounds")
+    }
+    assert (work / "round-0001.abandoned" / "queries" / "queries.csv").is_file()
+    assert not (work / "round-0001").exists()
+    assert_refused(dgaal("round", "--pool", pool, "--abandon"), "no unfinished round")
+
+    # all answers in: the labels are committed, so the round is finished, not abandoned
+    ok("round", "--pool", pool, "--oracle", "human", "--budget", "8", *FAST)
+    answer(pool, work / "round-0001" / "queries" / "queries.csv", pool.with_name("b.csv"))
+    ok("label", "--pool", pool, pool.with_name("b.csv"))
+    committed = info(pool)
+    assert_refused(dgaal("round", "--pool", pool, "--abandon"), "committed its labels")
+    assert info(pool) == committed
+    ok("round", "--pool", pool, *FAST)
+    assert len(info(pool)["rounds"]) == 1 and info(pool)["labelled"] == 12 + 8
+
+    # a round that died before writing to the pool leaves only its folder: put aside
+    (work / "round-0002").mkdir()
+    (work / "round-0002" / "trained.pt").write_bytes(b"partial")
+    done = info(pool)
+    out = ok("round", "--pool", pool, "--abandon")
+    assert "round 2 abandoned: it had written nothing to the pool" in out
+    assert (work / "round-0002.abandoned" / "trained.pt").is_file() and info(pool) == done
