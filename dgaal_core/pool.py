@@ -182,6 +182,8 @@ class PoolReader:
             self.num_classes = int(f.attrs["num_classes"])
             self.class_names: list[str] = json.loads(f.attrs["class_names"])
             self.generation = int(f.attrs["generation"])
+            pool_id = f.attrs.get("pool_id")  # absent in pools made before ids existed
+            self.pool_id: str | None = None if pool_id is None else str(pool_id)
             self.meta: dict[str, Any] = json.loads(f.attrs.get("meta", "{}"))
             self._pool_shards = _shards_from_attr(f.attrs.get("pool_shards", "[]"))
             self._test_shards = _shards_from_attr(f.attrs.get("test_shards", "[]"))
@@ -309,6 +311,7 @@ class PoolReader:
             "per_class": per_class,
             "rounds": self.rounds(),
             "generation": self.generation,
+            "pool_id": self.pool_id,
             "file_bytes": int(sum(p.stat().st_size for p in files if p.exists())),
         }
 

@@ -2,8 +2,8 @@
 
 Atomicity, without a journal (HDF5 has none):
 
-1. new images go to a *new* shard file (``pools.shards/pool-<uuid>.h5``), written completely and
-   fsynced; shards are never modified after that;
+1. new images go to a *new* shard file (``pools.shards/pool-<pool id>-<uuid>.h5``), written
+   completely and fsynced; shards are never modified after that;
 2. the small index ``pools.h5`` (labels, states, origins, round log, the list of shards) is written
    whole to ``pools.h5.tmp-<pid>``, fsynced, and ``os.replace``d over the old one; the folder is
    fsynced.
@@ -11,6 +11,12 @@ Atomicity, without a journal (HDF5 has none):
 A crash (kill -9) at any instant leaves the old index or the new one, each complete, and at worst
 an orphan shard or temp file, which the next writer deletes under the lock. An update rewrites
 only the index (about 20 bytes per image), never the images.
+
+Every pool has an id (root attribute ``pool_id``) that is part of each of its shard names, and
+orphan removal deletes only unreferenced shards carrying that id: pools whose names share a stem
+(``pools.h5`` and ``pools.hdf5``) share the shard folder, and must never delete each other's
+shards. A pool made before ids existed gets one at its next commit; its old, untagged orphans
+are left alone (whose they are cannot be told).
 
 Writers take an exclusive lock (``pools.h5.lock``, flock based, released by the OS when a holder
 dies); ``pools.h5.lock.json`` names the holder so a second writer gets a useful message.
@@ -61,17 +67,27 @@ def _fsync_path(path: Path) -> None:
         os.close(fd)
 
 
-def _new_shard_name(kind: str) -> str:
-    return f"{kind}-{uuid.uuid4().hex[:16]}.h5"
+def new_pool_id() -> str:
+    """A fresh pool id: 16 hex digits."""
+    return uuid.uuid4().hex[:16]
+
+
+def _new_shard_name(kind: str, pool_id: str) -> str:
+    return f"{kind}-{pool_id}-{uuid.uuid4().hex[:16]}.h5"
+
+
+def _owned_by(name: str, pool_id: str) -> bool:
+    """Whether the shard file ``name`` was written for the pool ``pool_id``."""
+    return any(name.startswith(f"{kind}-{pool_id}-") for kind in ("pool", "test"))
 
 
 class _ShardWriter:
     """Writes one new, growable image shard; :meth:`close` flushes and fsyncs it."""
 
-    def __init__(self, pool_path: Path, kind: str, image_shape: tuple[int, int, int]):
+    def __init__(self, pool_path: Path, kind: str, image_shape: tuple[int, int, int], pool_id: str):
         folder = shard_dir(pool_path)
         folder.mkdir(parents=True, exist_ok=True)
-        self.name = _new_shard_name(kind)
+        self.name = _new_shard_name(kind, pool_id)
         self.path = folder / self.name
         self.image_shape = image_shape
         self.rows = 0
@@ -122,6 +138,7 @@ class _Index:
     meta: dict[str, Any] = field(default_factory=dict)
     generation: int = 0
     created: str = ""
+    pool_id: str = field(default_factory=new_pool_id)
 
     @property
     def num_rows(self) -> int:
@@ -160,6 +177,7 @@ def _write_index(path: Path, ix: _Index) -> None:
         f.attrs["num_classes"] = len(ix.class_names)
         f.attrs["class_names"] = json.dumps(ix.class_names)
         f.attrs["generation"] = ix.generation
+        f.attrs["pool_id"] = ix.pool_id
         f.attrs["created"] = ix.created
         f.attrs["meta"] = json.dumps(ix.meta)
         f.attrs["pool_shards"] = json.dumps(ix.pool_shards)
@@ -201,6 +219,7 @@ def _load_index(path: Path) -> _Index:
             meta=dict(r.meta),
             generation=r.generation,
             created=str(r.meta.get("created", "")),
+            pool_id=r.pool_id or new_pool_id(),  # a pool made before ids gets one now
         )
 
 
@@ -245,15 +264,26 @@ class _WriterLock:
         self._lock.release()
 
 
-def _remove_orphans(pool_path: Path, keep: set[str]) -> None:
-    """Delete shards no index references and temp index files (call under the writer lock)."""
+def _remove_orphans(pool_path: Path, pool_id: str, keep: set[str]) -> None:
+    """Delete this pool's shards that its index does not reference, and its temp index files
+    (call under the writer lock). Shards of other pools sharing the folder are never touched."""
     folder = shard_dir(pool_path)
     if folder.is_dir():
         for p in folder.glob("*.h5"):
-            if p.name not in keep:
+            if p.name not in keep and _owned_by(p.name, pool_id):
                 p.unlink(missing_ok=True)
     for p in pool_path.parent.glob(f"{pool_path.name}.tmp-*"):
         p.unlink(missing_ok=True)
+
+
+def _shards_of(path: Path) -> tuple[str | None, set[str]]:
+    """The id and shard names of the pool at ``path`` (none if it is not a readable pool)."""
+    try:
+        with PoolReader(path) as r:
+            names = {s.name for s in r._pool_shards} | {s.name for s in r._test_shards}
+            return r.pool_id, names
+    except PoolFormatError:
+        return None, set()
 
 
 def _purpose() -> str:
@@ -320,6 +350,8 @@ class PoolBuilder:
         self._pool: _ShardWriter | None = None
         self._test: _ShardWriter | None = None
         self._done = False
+        self.pool_id = new_pool_id()
+        self._replaced: tuple[str | None, set[str]] = (None, set())  # a --force'd pool's shards
 
     def __enter__(self) -> PoolBuilder:
         if self.path.exists() and not self.force:
@@ -327,7 +359,9 @@ class PoolBuilder:
         self._folder_existed = shard_dir(self.path).exists()
         self._lock.__enter__()
         try:
-            self._pool = _ShardWriter(self.path, "pool", self.image_shape)  # type: ignore[arg-type]
+            if self.path.exists():
+                self._replaced = _shards_of(self.path)
+            self._pool = _ShardWriter(self.path, "pool", self.image_shape, self.pool_id)  # type: ignore[arg-type]
         except BaseException:
             self._lock.__exit__()
             raise
@@ -356,7 +390,7 @@ class PoolBuilder:
     def add_test(self, images: np.ndarray, labels: np.ndarray) -> None:
         """Append labelled test-split images."""
         if self._test is None:
-            self._test = _ShardWriter(self.path, "test", self.image_shape)  # type: ignore[arg-type]
+            self._test = _ShardWriter(self.path, "test", self.image_shape, self.pool_id)  # type: ignore[arg-type]
         self._test_labels.append(self._check_labels(labels, images.shape[0], "test"))
         self._test.append(images)
 
@@ -398,10 +432,16 @@ class PoolBuilder:
             meta={"created": created, **(meta or {})},
             generation=1,
             created=created,
+            pool_id=self.pool_id,
         )
         _write_index(self.path, ix)
         self._done = True
-        _remove_orphans(self.path, ix.referenced())  # e.g. the shards of a replaced pool
+        _remove_orphans(self.path, self.pool_id, ix.referenced())
+        old_id, old_shards = self._replaced  # the pool that --force replaced: all of its shards
+        for name in old_shards - ix.referenced():
+            (shard_dir(self.path) / name).unlink(missing_ok=True)
+        if old_id is not None:
+            _remove_orphans(self.path, old_id, ix.referenced())
 
     def __exit__(self, exc_type: object, *exc: object) -> None:
         try:
@@ -437,7 +477,7 @@ class PoolWriter:
         self._lock.__enter__()
         try:
             self._ix = _load_index(self.path)
-            _remove_orphans(self.path, self._ix.referenced())
+            _remove_orphans(self.path, self._ix.pool_id, self._ix.referenced())
         except BaseException:
             self._lock.__exit__()
             raise
@@ -522,7 +562,7 @@ class PoolWriter:
         """
         ix = self.index
         n = int(images.shape[0])
-        shard = _ShardWriter(self.path, "pool", ix.image_shape)
+        shard = _ShardWriter(self.path, "pool", ix.image_shape, ix.pool_id)
         self._staged.append(shard)
         shard.append(images)
         shard.close()

@@ -3,8 +3,8 @@
 Layout on disk (``pools.h5`` plus a shard folder beside it)::
 
     pools.h5                      small index file, rewritten whole and atomically per commit
-    pools.shards/pool-<id>.h5     append-only image shards ("images" uint8 [n, H, W, C])
-    pools.shards/test-<id>.h5     the test split's images
+    pools.shards/pool-<pool_id>-<id>.h5   append-only image shards ("images" uint8 [n, H, W, C])
+    pools.shards/test-<pool_id>-<id>.h5   the test split's images
     pools.h5.lock                 writer lock (flock); pools.h5.lock.json names the holder
 
 Inside ``pools.h5``, ``pool/images`` and ``test/images`` are HDF5 *virtual datasets* over the

@@ -151,6 +151,52 @@ def test_create_refuses_existing_pool_unless_forced_and_cleans_old_shards(tmp_pa
     assert not old & {p.name for p in shard_dir(path).iterdir()}
 
 
+def test_pools_sharing_a_shard_folder_never_delete_each_others_shards(tmp_path):
+    a, b = tmp_path / "pools.h5", tmp_path / "pools.hdf5"  # one stem: one pools.shards/
+    images_a, _ = make_pool(a, n=50, seed=1)
+    images_b, _ = make_pool(b, n=70, seed=2)
+    with PoolWriter(a) as w:  # a writer of one pool removes orphans: only its own
+        w.append(images_a[:3], parents=np.arange(3))
+        w.commit()
+    with PoolReader(a) as ra, PoolReader(b) as rb:
+        assert ra.pool_id != rb.pool_id
+        ra.check_shards()
+        rb.check_shards()
+        np.testing.assert_array_equal(ra.read_images(np.arange(50)), images_a)
+        np.testing.assert_array_equal(rb.read_images(np.arange(70)), images_b)
+    # --force replaces a pool and removes its shards, not the neighbour's
+    with PoolBuilder(a, (8, 8, 1), CLASSES, force=True) as builder:
+        builder.add(np.zeros((5, 8, 8, 1), np.uint8))
+        builder.finish()
+    with PoolReader(a) as ra, PoolReader(b) as rb:
+        assert ra.num_rows == 5
+        rb.check_shards()
+        np.testing.assert_array_equal(rb.read_images(np.arange(70)), images_b)
+        mine = {s.name for s in ra._pool_shards} | {s.name for s in rb._pool_shards}
+        mine |= {s.name for s in rb._test_shards}
+    assert {p.name for p in shard_dir(a).iterdir()} == mine
+
+
+def test_a_pool_made_before_pool_ids_stays_readable_and_gets_an_id(tmp_path):
+    path = tmp_path / "p.h5"
+    images, _ = make_pool(path, n=30, test=0)
+    with h5py.File(path, "a") as f:  # as written before ids existed
+        del f.attrs["pool_id"]
+    stray = shard_dir(path) / "pool-0123456789abcdef.h5"  # an old, untagged orphan: whose?
+    stray.write_bytes(b"")
+    with PoolReader(path) as r:
+        assert r.pool_id is None
+        np.testing.assert_array_equal(r.read_images(np.arange(30)), images)
+    with PoolWriter(path) as w:
+        w.append(images[:2], parents=np.arange(2))
+        w.commit()
+    with PoolReader(path) as r:
+        assert r.pool_id is not None and r.num_rows == 32
+        r.check_shards()
+        assert r._pool_shards[-1].name.startswith(f"pool-{r.pool_id}-")
+    assert stray.exists()
+
+
 def test_failed_create_leaves_nothing(tmp_path):
     path = tmp_path / "p.h5"
     with pytest.raises(PoolUpdateError), PoolBuilder(path, (8, 8, 1), CLASSES) as b:
