@@ -143,6 +143,7 @@ def info(pool: PoolArg, as_json: JsonOpt = False) -> None:
     from dgaal_core.pool import PoolReader
 
     with PoolReader(pool) as r:
+        r.check_shards()  # a missing or short shard: the pool is damaged, say so
         summary = r.summary()
     if as_json:
         typer.echo(json.dumps(summary))

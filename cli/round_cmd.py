@@ -137,11 +137,7 @@ def round_command(
     if abandon:
         _abandon(pool, workdir)
         return
-    from dgaal_core.round import Round
-    from dgaal_core.round_parts import RoundConfig
-    from export.round_backend import onnx_exporter
-
-    from .progress import StageProgress, console
+    from dgaal_core.round_config import RoundConfig  # no torch yet: bad settings fail fast
 
     try:
         cfg = RoundConfig(
@@ -156,6 +152,11 @@ def round_command(
         )  # fmt: skip
     except ValueError as e:  # ConfigError and unknown strategies: one line, like every error
         raise DgaalError(str(e)) from None
+    from dgaal_core.round import Round
+    from export.round_backend import onnx_exporter
+
+    from .progress import StageProgress, console
+
     set_torch_threads(preset)
     log = console.print if not quiet else (lambda *_: None)
     with StageProgress(enabled=not quiet) as bars:
@@ -194,7 +195,7 @@ def label_command(
     ],
 ) -> None:
     """Import a person's answers for the queried images of the current round."""
-    from dgaal_core.round import apply_answers
+    from dgaal_core.oracle import apply_answers
 
     out = apply_answers(pool, answers)
     left = out["still_queried"]

@@ -56,6 +56,8 @@ def abandon_round(pool_path: Path, workdir: Path | None = None) -> dict[str, Any
     """
     pool_path = Path(pool_path)
     workdir = Path(workdir) if workdir is not None else work_dir(pool_path)
+    if workdir.exists() and not workdir.is_dir():
+        raise AbandonError(f"--workdir {workdir}: exists and is not a folder")
     with PoolWriter(pool_path, purpose="dgaal round --abandon") as w:
         with PoolReader(pool_path) as r:
             n = len(r.rounds()) + 1

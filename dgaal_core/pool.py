@@ -78,7 +78,7 @@ class _ShardedImages:
             ds = self._dataset(s)
             if ds.shape[0] != s.rows or tuple(ds.shape[1:]) != self.image_shape:
                 raise PoolFormatError(
-                    f"{self._pool_path}: shard {s.name} holds {ds.shape}, expected "
+                    f"{self._pool_path}: damaged pool: shard {s.name} holds {ds.shape}, expected "
                     f"({s.rows}, {', '.join(map(str, self.image_shape))})"
                 )
 
@@ -89,9 +89,13 @@ class _ShardedImages:
             try:
                 # 64 MiB chunk cache: neighbouring single-row reads hit the same cached chunk.
                 f = h5py.File(path, "r", locking=False, rdcc_nbytes=64 << 20)
-            except (FileNotFoundError, OSError) as e:
+            except FileNotFoundError:
                 raise PoolFormatError(
-                    f"{self._pool_path}: image shard {path} is missing or unreadable ({e})"
+                    f"{self._pool_path}: damaged pool: its image shard {path} is missing"
+                ) from None
+            except OSError as e:
+                raise PoolFormatError(
+                    f"{self._pool_path}: damaged pool: its image shard {path} is unreadable ({e})"
                 ) from None
             self._files[s.name] = f
         return f[IMAGES]

@@ -92,13 +92,17 @@ class _ShardWriter:
         self.image_shape = image_shape
         self.rows = 0
         self._f = h5py.File(self.path, "w", locking=False)
-        self._ds = self._f.create_dataset(
-            IMAGES,
-            shape=(0, *image_shape),
-            maxshape=(None, *image_shape),
-            dtype=IMAGE_DTYPE,
-            chunks=(chunk_rows(image_shape), *image_shape),
-        )
+        try:
+            self._ds = self._f.create_dataset(
+                IMAGES,
+                shape=(0, *image_shape),
+                maxshape=(None, *image_shape),
+                dtype=IMAGE_DTYPE,
+                chunks=(chunk_rows(image_shape), *image_shape),
+            )
+        except BaseException:
+            self.discard()
+            raise
 
     def append(self, images: np.ndarray) -> None:
         if images.dtype != IMAGE_DTYPE or tuple(images.shape[1:]) != self.image_shape:
@@ -340,8 +344,9 @@ class PoolBuilder:
     ):
         self.path = Path(path)
         self.image_shape = tuple(int(v) for v in image_shape)
-        if len(self.image_shape) != 3 or self.image_shape[2] not in (1, 3):
-            raise PoolUpdateError(f"image shape must be (H, W, 1|3), got {self.image_shape}")
+        shape = self.image_shape
+        if len(shape) != 3 or shape[2] not in (1, 3) or min(shape) < 1:
+            raise PoolUpdateError(f"image shape must be (H, W, 1|3) with H, W >= 1, got {shape}")
         self.class_names = [str(c) for c in class_names]
         self.force = force
         self._truth: list[np.ndarray] = []
@@ -363,7 +368,7 @@ class PoolBuilder:
                 self._replaced = _shards_of(self.path)
             self._pool = _ShardWriter(self.path, "pool", self.image_shape, self.pool_id)  # type: ignore[arg-type]
         except BaseException:
-            self._lock.__exit__()
+            self._release()
             raise
         return self
 
@@ -453,7 +458,13 @@ class PoolBuilder:
                     with contextlib.suppress(OSError):
                         shard_dir(self.path).rmdir()
         finally:
-            self._lock.__exit__()
+            self._release()
+
+    def _release(self) -> None:
+        """Release the lock; a creation that made no pool leaves no lock file either."""
+        self._lock.__exit__()
+        if not self._done and not self.path.exists():
+            self._lock.path.unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------------------------

@@ -40,7 +40,7 @@ from .config import RunConfig, derive_seed
 from .data import ArraySource
 from .errors import DgaalError, EmptyPoolError, PoolExhaustedError
 from .models import build_task_model
-from .oracle import read_answers, simulated_answers, write_query_package
+from .oracle import simulated_answers, write_query_package
 from .pool import PoolReader
 from .pool_writer import PoolWriter
 from .round_parts import (
@@ -64,7 +64,7 @@ from .strategies import (
     strategy_spec,
 )
 from .task import evaluate_task, train_task
-from .training import DGAALTrainer
+from .training import DGAALTrainer, resolve_device
 
 Log = Callable[[str], None]
 
@@ -445,6 +445,8 @@ class Round:
         """
         self._served, self._run_cfg, self._coevolved = None, None, None  # fresh per run
         self._diagnostics = {}
+        if self.workdir.exists() and not self.workdir.is_dir():
+            raise DgaalError(f"--workdir {self.workdir}: exists and is not a folder")
         with PoolWriter(self.pool_path, purpose="dgaal round") as w:
             self._w = w
             try:
@@ -469,8 +471,10 @@ class Round:
                 )
             self.log(f"resuming round {n} after phase '{pending['phase']}'")
         else:
-            with self._reader() as r:
-                self._check_budget(r, say=False)  # refuse before anything is written
+            with self._reader() as r:  # refuse bad settings before anything is written
+                self._check_budget(r, say=False)
+                run = self._run_config(r.image_shape, r.num_classes)
+            resolve_device(run.train.device)  # --device cuda without a GPU
             rdir.mkdir(parents=True, exist_ok=True)
             with self._reader() as r:
                 trainer = self._train(n, r, rdir)
@@ -495,23 +499,3 @@ class Round:
             with self._reader() as r:
                 pending = r.meta["pending_round"]
         return self._task(n, pending, rdir)
-
-
-def apply_answers(pool_path: Path, answers_csv: Path) -> dict[str, int]:
-    """``dgaal label``: import a person's answers for queried rows of the pending round.
-
-    Everything is validated before anything is written (see :func:`~dgaal_core.oracle.
-    read_answers`). When no queried row is left, the pending round moves on to phase
-    ``selected`` and the next ``dgaal round`` finishes it.
-    """
-    with PoolWriter(pool_path, purpose="dgaal label") as w, PoolReader(pool_path) as r:
-        ids, labels = read_answers(Path(answers_csv), r)
-        pending = r.meta.get("pending_round") or {}
-        n = int(pending.get("round", len(r.rounds()) + 1))
-        w.set_labels(ids, labels)
-        w.set_state(ids, State.LABELLED, round_no=n)
-        left = int(np.sum(w.field("state") == State.QUERIED))
-        if pending and left == 0:
-            w.update_meta(pending_round={**pending, "phase": "selected"})
-        w.commit()
-    return {"answered": int(ids.size), "still_queried": left, "round": n}

@@ -1,0 +1,229 @@
+"""Bad input through the real ``dgaal`` console script: one line, no traceback, nothing changed.
+
+Every refused command must exit non-zero with a single ``error: ...`` line naming the file or
+option and what was expected, leave an existing pool byte for byte as it was, and leave no pool,
+shard or lock file behind when it was asked to create one.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pools import class_images
+
+from dgaal_core.pool import PoolReader
+from dgaal_core.pool_writer import PoolWriter
+from dgaal_core.schema import State, lock_path, shard_dir, work_dir
+
+DGAAL = shutil.which("dgaal", path=str(Path(sys.executable).parent)) or "dgaal"
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+HUGE = "99999999999999999999999"
+QUERIED = (5, 6, 7)  # rows of asked.h5 waiting for a person's answer
+
+
+def dgaal(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [DGAAL, *map(str, args)], capture_output=True, text=True, env=ENV, timeout=300, cwd=cwd
+    )
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out
+    assert "Traceback" not in out, out
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), out
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+
+
+def snapshot(pool: Path) -> tuple:
+    """Everything a command could change about a pool: its bytes, its shards, its work folder."""
+    shards = sorted((p.name, p.stat().st_size) for p in shard_dir(pool).iterdir())
+    return pool.read_bytes(), shards, work_dir(pool).exists()
+
+
+@pytest.fixture(scope="module")
+def here(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder with source files of every kind and two tiny pools: p.h5, asked.h5."""
+    d = tmp_path_factory.mktemp("bad")
+    x, y = class_images(40)
+    np.savez(d / "good.npz", x_train=x, y_train=y)
+    data = (d / "good.npz").read_bytes()
+    (d / "truncated.npz").write_bytes(data[: len(data) // 2])
+    np.save(d / "plain.npy", x)
+    objects = np.empty(3, object)
+    objects[:] = [1, "a", None]
+    bad = {
+        "zero_size": {"x_train": np.zeros((4, 0, 0), np.uint8), "y_train": np.zeros(4, int)},
+        "objects": {"x_train": objects, "y_train": np.arange(3)},
+        "floats": {"x_train": x.astype(np.float32) / 255, "y_train": y},
+        "over_255": {"x_train": x.astype(np.int32) * 2, "y_train": y},
+        "rank_5": {"x_train": x[..., None], "y_train": y},
+        "two_channels": {"x_train": np.repeat(x, 2, axis=3), "y_train": y},
+        "four_channels": {"x_train": np.repeat(x, 4, axis=3), "y_train": y},
+        "short_y": {"x_train": x, "y_train": y[:-1]},
+        "negative_y": {"x_train": x, "y_train": y - 1},
+        "x_test_alone": {"x_train": x, "y_train": y, "x_test": x[:4]},
+    }
+    for name, arrays in bad.items():
+        np.savez(d / f"{name}.npz", **arrays)
+    (d / "not_a_pool.h5").write_bytes(b"hello, not HDF5")
+    (d / "a_file").write_text("not a folder")
+    for name in ("p.h5", "asked.h5"):
+        proc = dgaal("pool", "create", name, "--from", "npz", "good.npz", "--initial", "8", cwd=d)
+        assert proc.returncode == 0, proc.stderr
+    (d / "truncated.h5").write_bytes((d / "p.h5").read_bytes()[:3000])
+    with PoolWriter(d / "asked.h5") as w:
+        w.set_state(list(QUERIED), State.QUERIED)
+        w.commit()
+    answers = {
+        "latin1.csv": b"id,label\n5,\xe9t\xe9\n",
+        "no_label_column.csv": b"id,labl\n5,1\n",
+        "not_queried.csv": b"id,label\n9,1\n",
+        "unknown_label.csv": b"id,label\n5,cat\n",
+        "conflicting.csv": b"id,label\n5,1\n5,2\n",
+    }
+    for name, text in answers.items():
+        (d / name).write_bytes(text)
+    return d
+
+
+CREATE = ["pool", "create", "new.h5", "--from", "npz"]
+CREATE_CASES = {
+    "truncated_npz": (["truncated.npz"], ["truncated.npz", "not a readable .npz"]),
+    "plain_npy": (["plain.npy"], ["plain.npy", "expected an .npz archive"]),
+    "zero_size_images": (["zero_size.npz"], ["zero_size.npz", "at least 1x1"]),
+    "object_arrays": (["objects.npz"], ["objects.npz", "without pickles"]),
+    "float_images": (["floats.npz"], ["floats.npz", "x_train", "uint8"]),
+    "values_over_255": (["over_255.npz"], ["over_255.npz", "0..255"]),
+    "wrong_rank": (["rank_5.npz"], ["rank_5.npz", "(N, H, W, 1|3)"]),
+    "two_channels": (["two_channels.npz"], ["two_channels.npz", "(N, H, W, 1|3)"]),
+    "four_channels": (["four_channels.npz"], ["four_channels.npz", "(N, H, W, 1|3)"]),
+    "y_length_mismatch": (["short_y.npz"], ["short_y.npz", "39 labels", "40 images"]),
+    "negative_labels": (["negative_y.npz"], ["negative_y.npz", ">= 0"]),
+    "x_test_without_y_test": (["x_test_alone.npz"], ["x_test_alone.npz", "y_test"]),
+    "initial_inf": (["good.npz", "--initial", "inf"], ["--initial", "inf"]),
+    "seed_negative": (["good.npz", "--seed", "-1"], ["--seed -1", "0.."]),
+    "seed_huge": (["good.npz", "--seed", HUGE], [f"--seed {HUGE}", "0.."]),
+}
+
+
+@pytest.mark.parametrize("args, needles", CREATE_CASES.values(), ids=CREATE_CASES.keys())
+def test_refused_pool_create_leaves_nothing(here: Path, args: list, needles: list) -> None:
+    proc = dgaal(*CREATE, *args, cwd=here)
+    assert_one_line_error(proc, *needles)
+    new = here / "new.h5"
+    assert not new.exists() and not lock_path(new).exists()
+    assert not shard_dir(new).exists() or not any(shard_dir(new).iterdir())
+
+
+ROUND = ["round", "--pool", "p.h5", "--quiet"]
+POOL_CASES = {
+    "existing_output_without_force": (
+        ["pool", "create", "p.h5", "--from", "npz", "good.npz"],
+        ["p.h5", "--force"],
+    ),
+    "budget_nan": ([*ROUND, "--budget", "nan"], ["--budget nan"]),
+    "budget_inf": ([*ROUND, "--budget", "inf"], ["--budget inf"]),
+    "budget_zero": ([*ROUND, "--budget", "0"], ["budget", "> 0"]),
+    "budget_negative": ([*ROUND, "--budget", "-3"], ["budget", "> 0"]),
+    "budget_not_whole": ([*ROUND, "--budget", "4.5"], ["budget", "whole count"]),
+    "budget_above_candidates": ([*ROUND, "--budget", "1000"], ["--budget 1000", "32 candidates"]),
+    "unknown_strategy": ([*ROUND, "--strategy", "nope"], ["strategy 'nope'", "dgaal"]),
+    "round_seed_negative": ([*ROUND, "--seed", "-1"], ["--seed -1"]),
+    "round_seed_huge": ([*ROUND, "--seed", HUGE], [f"--seed {HUGE}"]),
+    "workdir_is_a_file": ([*ROUND, "--budget", "4", "--workdir", "a_file"], ["--workdir a_file"]),
+    "abandon_nothing": ([*ROUND, "--abandon"], ["p.h5", "no unfinished round"]),
+    "score_threads_negative": (
+        ["score", "--model", "m.onnx", "--pool", "p.h5", "--threads", "-2"],
+        ["--threads", "-2"],
+    ),
+    "score_lowest_negative": (
+        ["score", "--model", "m.onnx", "--pool", "p.h5", "--lowest", "-5"],
+        ["--lowest", "-5"],
+    ),
+    "score_not_onnx": (
+        ["score", "--model", "good.npz", "--pool", "p.h5"],
+        ["good.npz", "not a loadable ONNX model"],
+    ),
+    "generate_duplicate_ids": (
+        ["generate", "--model", "g.onnx", "--pool", "p.h5", "--ids", "3,3,17", "--out", "gen"],
+        ["--ids 3,3,17", "repeated: 3"],
+    ),
+}
+if not (shutil.which("nvidia-smi") or Path("/dev/nvidia0").exists()):
+    POOL_CASES["device_cuda_without_gpu"] = (
+        [*ROUND, "--budget", "4", "--device", "cuda"],
+        ["cuda", "no CUDA device"],
+    )
+
+
+@pytest.mark.parametrize("args, needles", POOL_CASES.values(), ids=POOL_CASES.keys())
+def test_refused_command_leaves_the_pool_unchanged(here: Path, args: list, needles: list) -> None:
+    before = snapshot(here / "p.h5")
+    assert_one_line_error(dgaal(*args, cwd=here), *needles)
+    assert snapshot(here / "p.h5") == before
+    assert not (here / "gen").exists()
+
+
+@pytest.mark.parametrize(
+    "args, needles",
+    [
+        (["pool", "info", "not_a_pool.h5"], ["not_a_pool.h5", "not an HDF5 file"]),
+        (["pool", "info", "truncated.h5"], ["truncated.h5", "not an HDF5 file"]),
+        (["round", "--pool", "truncated.h5", "--budget", "4"], ["truncated.h5", "not an HDF5"]),
+        (["label", "--pool", "not_a_pool.h5", "latin1.csv"], ["not_a_pool.h5", "not an HDF5"]),
+    ],
+    ids=["info_not_hdf5", "info_truncated", "round_truncated", "label_not_hdf5"],
+)
+def test_files_that_are_not_pools(here: Path, args: list, needles: list) -> None:
+    assert_one_line_error(dgaal(*args, cwd=here), *needles)
+
+
+def test_pool_info_on_a_pool_without_its_shard_folder_says_it_is_damaged(here: Path) -> None:
+    shutil.copy(here / "p.h5", here / "moved.h5")  # its shards would be in moved.shards/
+    proc = dgaal("pool", "info", "moved.h5", "--json", cwd=here)
+    assert_one_line_error(proc, "moved.h5", "damaged pool", "missing")
+    assert proc.stdout == ""
+
+
+ANSWER_CASES = {
+    "not_utf8": ("latin1.csv", ["latin1.csv", "not UTF-8"]),
+    "missing_label_column": ("no_label_column.csv", ["no_label_column.csv", "'label'"]),
+    "id_not_queried": ("not_queried.csv", ["not_queried.csv:2", "id 9", "not queried"]),
+    "unknown_label": ("unknown_label.csv", ["unknown_label.csv:2", "'cat'", "not a class"]),
+    "conflicting_duplicates": ("conflicting.csv", ["conflicting.csv:3", "conflicting answer"]),
+}
+
+
+@pytest.mark.parametrize("name, needles", ANSWER_CASES.values(), ids=ANSWER_CASES.keys())
+def test_refused_answers_change_nothing(here: Path, name: str, needles: list) -> None:
+    before = snapshot(here / "asked.h5")
+    assert_one_line_error(dgaal("label", "--pool", "asked.h5", name, cwd=here), *needles)
+    assert snapshot(here / "asked.h5") == before
+
+
+@pytest.mark.parametrize(
+    "text",
+    [b"\xef\xbb\xbfid,label\r\n5,1\r\n6,2\r\n", b"id,suggested_label,label\r\n5,0,1\r\n6,0,2\r\n"],
+    ids=["utf8_bom", "crlf"],
+)
+def test_answers_with_a_bom_or_crlf_line_ends_are_accepted(here: Path, text: bytes) -> None:
+    pool = here / "answer_me.h5"
+    shutil.copy(here / "asked.h5", pool)
+    shutil.rmtree(shard_dir(pool), ignore_errors=True)
+    shutil.copytree(shard_dir(here / "asked.h5"), shard_dir(pool))
+    (here / "answers.csv").write_bytes(text)
+    proc = dgaal("label", "--pool", pool.name, "answers.csv", cwd=here)
+    assert proc.returncode == 0, proc.stderr
+    assert "2 answers imported; 1 still waiting" in proc.stdout
+    with PoolReader(pool) as r:
+        assert r.labels[[5, 6]].tolist() == [1, 2]
+        assert r.states[[5, 6, 7]].tolist() == [State.LABELLED, State.LABELLED, State.QUERIED]
