@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from .config import MAX_SEED
 from .errors import DgaalError
 from .round_parts import RoundConfig
 from .strategies import strategy_spec
@@ -102,6 +103,9 @@ class ExperimentConfig:
         for seq, what in ((self.strategies, "strategies"), (self.seeds, "seeds")):
             if len(set(seq)) != len(seq):
                 raise ExperimentError(f"--{what} lists a value twice: {list(seq)}")
+        for seed in self.seeds:  # checked now: a run folder is named after its seed
+            if not 0 <= seed <= MAX_SEED:
+                raise ExperimentError(f"--seeds: expected integers in 0..{MAX_SEED}, got {seed}")
 
     def shared_round_settings(self) -> dict[str, Any]:
         """The round settings that must match when an experiment is resumed."""

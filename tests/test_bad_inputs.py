@@ -153,6 +153,10 @@ POOL_CASES = {
         ["score", "--model", "good.npz", "--pool", "p.h5"],
         ["good.npz", "not a loadable ONNX model"],
     ),
+    "experiment_seed_negative": (
+        ["experiment", "--pool", "p.h5", "--out", "exp", "--seeds=-1", "--strategies", "random"],
+        ["--seeds", "got -1"],
+    ),
     "generate_duplicate_ids": (
         ["generate", "--model", "g.onnx", "--pool", "p.h5", "--ids", "3,3,17", "--out", "gen"],
         ["--ids 3,3,17", "repeated: 3"],
@@ -170,7 +174,7 @@ def test_refused_command_leaves_the_pool_unchanged(here: Path, args: list, needl
     before = snapshot(here / "p.h5")
     assert_one_line_error(dgaal(*args, cwd=here), *needles)
     assert snapshot(here / "p.h5") == before
-    assert not (here / "gen").exists()
+    assert not (here / "gen").exists() and not (here / "exp").exists()
 
 
 @pytest.mark.parametrize(
