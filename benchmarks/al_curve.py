@@ -30,7 +30,7 @@ from pathlib import Path
 from datasets import make_pool, source_for
 
 from dgaal_core.experiment import Experiment, ExperimentConfig, Schedule, parse_list
-from dgaal_core.report import aggregate, headline, write_report
+from dgaal_core.report import aggregate, headline, verdict, write_report
 from dgaal_core.round_parts import RoundConfig
 from export.round_backend import onnx_exporter
 
@@ -182,7 +182,11 @@ def main() -> None:
         + f"`{b['script']}` on {b['machine']}, {b['cpu_count']} CPU cores, torch {b['torch']} "
         + f"with {b['torch_threads']} thread(s): {b['wall_seconds'] / 60:.1f} min wall time, "
         + f"{b['round_seconds_total']:.0f} s inside the rounds.\n\n"
-        + (headline(agg) + "\n" if "random" in agg and "dgaal" in agg else "")
+        + (
+            headline(agg) + "\n\n" + verdict(results) + "\n"
+            if "random" in agg and "dgaal" in agg
+            else ""
+        )
         + _floor_text(b.get("task_noise_floor"), len(config.seeds))
     )
     for f in files:

@@ -75,7 +75,7 @@ def demo_command(
     from rich.markup import escape
 
     from dgaal_core.experiment import Experiment, ExperimentConfig, Schedule
-    from dgaal_core.report import aggregate, headline, summary_markdown, write_report
+    from dgaal_core.report import aggregate, headline, summary_markdown, verdict, write_report
     from dgaal_core.report_plots import ReportError, require_matplotlib
     from dgaal_core.round_parts import RoundConfig
     from export.round_backend import onnx_exporter
@@ -124,6 +124,7 @@ def demo_command(
         console.print(f"  {f}")
     console.print(f"[dim]done in {time.perf_counter() - t0:.0f} s[/]")
     typer.echo(headline(agg, "dgaal", "random"))
+    typer.echo(verdict(results, "dgaal", "random"))
 
 
 def register(app: typer.Typer) -> None:

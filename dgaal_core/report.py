@@ -169,16 +169,24 @@ def paired_differences(
     """Per round, ``strategy``'s accuracy minus ``other``'s on each seed both ran: the two
     share the seed's initial labelled set, so these differences carry less noise than the gap
     between the means."""
+    out: dict[int, list[float]] = {}
+    for (_, n), d in sorted(_paired(results, strategy, other).items()):
+        out.setdefault(n, []).append(d)
+    return out
+
+
+def _paired(results: dict[str, Any], strategy: str, other: str) -> dict[tuple[int, int], float]:
+    """(seed, round) -> ``strategy``'s accuracy minus ``other``'s, rounds after the first."""
     acc: dict[tuple[str, int, int], float] = {}
     for run in results["runs"]:
         for row in run["rounds"]:
             if row.get("accuracy") is not None:
                 acc[(run["strategy"], int(run["seed"]), int(row["round"]))] = float(row["accuracy"])
-    out: dict[int, list[float]] = {}
-    for (s, seed, n), a in sorted(acc.items()):
-        if s == strategy and (other, seed, n) in acc and n > 0:
-            out.setdefault(n, []).append(a - acc[(other, seed, n)])
-    return out
+    return {
+        (seed, n): a - acc[(other, seed, n)]
+        for (s, seed, n), a in acc.items()
+        if s == strategy and n > 0 and (other, seed, n) in acc
+    }
 
 
 def _paired_section(results: dict[str, Any], strategy: str = "dgaal") -> list[str]:
@@ -441,3 +449,29 @@ def headline(agg: dict[str, list[Point]], strategy: str = "dgaal", baseline: str
         f"{baseline} needed {need:.0f} queries for that accuracy "
         f"and reached {_pct(b.acc_mean)}% with {b.queries:.0f}."
     )
+
+
+def verdict(results: dict[str, Any], strategy: str = "dgaal", baseline: str = "random") -> str:
+    """Whether the seeds resolve ``strategy`` against ``baseline``: each seed's accuracy gap
+    averaged over the rounds after the initial one (the two share that seed's initial set),
+    then mean ± sd over seeds. Called resolved only with >= 3 seeds and a mean more than two
+    standard errors from zero; the headline alone cannot tell a gap from T's noise."""
+    per_seed: dict[int, list[float]] = {}
+    for (seed, _), d in _paired(results, strategy, baseline).items():
+        per_seed.setdefault(seed, []).append(d)
+    gaps = [100 * statistics.fmean(d) for d in per_seed.values()]
+    if not gaps:
+        return ""
+    mean = statistics.fmean(gaps)
+    sd = statistics.stdev(gaps) if len(gaps) > 1 else 0.0
+    spread = f" ± {sd:.1f} (sd over {len(gaps)} seeds)" if len(gaps) > 1 else ""
+    text = (
+        f"Seed by seed, {strategy} minus {baseline} averaged over the rounds: "
+        f"{mean:+.1f} points{spread}"
+    )
+    if len(gaps) < 3:
+        return text + f"; {len(gaps)} seed(s) cannot separate this from T's own noise."
+    if abs(mean) <= 2 * sd / len(gaps) ** 0.5:
+        return text + f"; within the noise: {len(gaps)} seeds do not resolve this gap."
+    better = "ahead of" if mean > 0 else "behind"
+    return text + f"; {strategy} is {better} {baseline} beyond the noise of {len(gaps)} seeds."

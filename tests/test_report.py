@@ -19,6 +19,7 @@ from dgaal_core.report import (
     paired_differences,
     results_from_pool,
     summary_markdown,
+    verdict,
     write_report,
 )
 from dgaal_core.report_plots import ReportError
@@ -177,3 +178,16 @@ def test_missing_matplotlib_names_the_extra(results, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
     with pytest.raises(ReportError, match=r"pip install 'dgaal\[report\]'"):
         write_report(results, tmp_path / "r")
+
+
+def test_verdict_says_whether_the_seeds_resolve_the_gap(results):
+    text = verdict(results)  # seed 0: +15 points over rounds 1-2, seed 1: +10
+    assert text.startswith("Seed by seed, dgaal minus random averaged over the rounds: +12.5")
+    assert "2 seed(s) cannot separate this from T's own noise" in text
+    for seed, gain in ((2, [0.1, 0.1]), (3, [0.2, 0.1])):  # two more seeds, dgaal ahead on all
+        results["runs"].append(run("dgaal", seed, [0.5, 0.6 + gain[0], 0.7 + gain[1]], [0, 0]))
+        results["runs"].append(run("random", seed, [0.5, 0.6, 0.7], [0, 0]))
+    assert "dgaal is ahead of random beyond the noise of 4 seeds" in verdict(results)
+    results["runs"][-2]["rounds"][2]["accuracy"] = 0.2  # seed 3 now 15 points behind on average
+    assert "within the noise: 4 seeds do not resolve this gap" in verdict(results)
+    assert verdict(results, baseline="entropy") == ""  # nothing to compare with
