@@ -10,6 +10,7 @@ uses it (h5py handles must not cross a fork).
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import queue
@@ -58,6 +59,15 @@ def _shards_from_attr(raw: Any) -> list[Shard]:
         out.append(Shard(str(name), start, int(rows)))
         start += int(rows)
     return out
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes, hex (shards are immutable once written: this is their seal)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
 
 
 class _ShardedImages:
@@ -191,12 +201,19 @@ class PoolReader:
             self.meta: dict[str, Any] = json.loads(f.attrs.get("meta", "{}"))
             self._pool_shards = _shards_from_attr(f.attrs.get("pool_shards", "[]"))
             self._test_shards = _shards_from_attr(f.attrs.get("test_shards", "[]"))
+            # SHA-256 of each shard file (absent in pools made before checksums existed)
+            self.shard_sha256: dict[str, str] = dict(json.loads(f.attrs.get("shard_sha256", "{}")))
             self.fields = {name: f["pool"][name][()] for name in ROW_FIELDS}
             self._has_truth = "truth" in f["pool"]
             self.test_labels = f["test/label"][()] if "test" in f else np.zeros(0, np.int32)
             self._rounds = [json.loads(s) for s in f["log/rounds"].asstr()[()]]
         except KeyError as e:
             raise PoolFormatError(f"{self.path}: damaged pool, missing {e}") from None
+        except (ValueError, TypeError) as e:  # garbage in an attribute (JSON, numbers)
+            raise PoolFormatError(
+                f"{self.path}: damaged pool, an attribute does not parse ({e}); "
+                "run `dgaal pool check` for details"
+            ) from None
         n = sum(s.rows for s in self._pool_shards)
         for name, arr in self.fields.items():
             if arr.shape != (n,):

@@ -41,7 +41,7 @@ import h5py
 import numpy as np
 
 from .errors import PoolExistsError, PoolFormatError, PoolLockedError, PoolUpdateError
-from .pool import PoolReader, Shard
+from .pool import PoolReader, Shard, file_sha256
 from .schema import (
     FORMAT,
     IMAGE_DTYPE,
@@ -53,6 +53,7 @@ from .schema import (
     State,
     chunk_rows,
     lock_path,
+    owns_shard,
     shard_dir,
 )
 
@@ -76,11 +77,6 @@ def _new_shard_name(kind: str, pool_id: str) -> str:
     return f"{kind}-{pool_id}-{uuid.uuid4().hex[:16]}.h5"
 
 
-def _owned_by(name: str, pool_id: str) -> bool:
-    """Whether the shard file ``name`` was written for the pool ``pool_id``."""
-    return any(name.startswith(f"{kind}-{pool_id}-") for kind in ("pool", "test"))
-
-
 class _ShardWriter:
     """Writes one new, growable image shard; :meth:`close` flushes and fsyncs it."""
 
@@ -91,6 +87,7 @@ class _ShardWriter:
         self.path = folder / self.name
         self.image_shape = image_shape
         self.rows = 0
+        self.sha256 = ""  # set by close(): the finished file's checksum, kept in the index
         self._f = h5py.File(self.path, "w", locking=False)
         try:
             self._ds = self._f.create_dataset(
@@ -120,6 +117,7 @@ class _ShardWriter:
             self._f.flush()
             self._f.close()
             _fsync_path(self.path)
+            self.sha256 = file_sha256(self.path)
 
     def discard(self) -> None:
         if self._f.id.valid:
@@ -143,6 +141,7 @@ class _Index:
     generation: int = 0
     created: str = ""
     pool_id: str = field(default_factory=new_pool_id)
+    checksums: dict[str, str] = field(default_factory=dict)  # shard name -> SHA-256
 
     @property
     def num_rows(self) -> int:
@@ -186,6 +185,7 @@ def _write_index(path: Path, ix: _Index) -> None:
         f.attrs["meta"] = json.dumps(ix.meta)
         f.attrs["pool_shards"] = json.dumps(ix.pool_shards)
         f.attrs["test_shards"] = json.dumps(ix.test_shards)
+        f.attrs["shard_sha256"] = json.dumps(ix.checksums)
         g = f.create_group("pool")
         for name, (dtype, _) in ROW_FIELDS.items():
             g.create_dataset(name, data=np.asarray(ix.fields[name], dtype=dtype))
@@ -224,6 +224,7 @@ def _load_index(path: Path) -> _Index:
             generation=r.generation,
             created=str(r.meta.get("created", "")),
             pool_id=r.pool_id or new_pool_id(),  # a pool made before ids gets one now
+            checksums=dict(r.shard_sha256),
         )
 
 
@@ -268,16 +269,20 @@ class _WriterLock:
         self._lock.release()
 
 
-def _remove_orphans(pool_path: Path, pool_id: str, keep: set[str]) -> None:
+def _remove_orphans(pool_path: Path, pool_id: str, keep: set[str]) -> list[Path]:
     """Delete this pool's shards that its index does not reference, and its temp index files
-    (call under the writer lock). Shards of other pools sharing the folder are never touched."""
+    (call under the writer lock); returns what was deleted. Shards of other pools sharing the
+    folder are never touched."""
     folder = shard_dir(pool_path)
+    gone: list[Path] = []
     if folder.is_dir():
-        for p in folder.glob("*.h5"):
-            if p.name not in keep and _owned_by(p.name, pool_id):
-                p.unlink(missing_ok=True)
-    for p in pool_path.parent.glob(f"{pool_path.name}.tmp-*"):
+        gone += [
+            p for p in folder.glob("*.h5") if p.name not in keep and owns_shard(pool_id, p.name)
+        ]
+    gone += list(pool_path.parent.glob(f"{pool_path.name}.tmp-*"))
+    for p in gone:
         p.unlink(missing_ok=True)
+    return sorted(gone)
 
 
 def _shards_of(path: Path) -> tuple[str | None, set[str]]:
@@ -426,6 +431,7 @@ class PoolBuilder:
         if self._test is not None:
             self._test.close()
         created = time.strftime("%Y-%m-%dT%H:%M:%S")
+        sums = {w.name: w.sha256 for w in (self._pool, self._test) if w is not None}
         ix = _Index(
             image_shape=self.image_shape,  # type: ignore[arg-type]
             class_names=self.class_names,
@@ -438,6 +444,7 @@ class PoolBuilder:
             generation=1,
             created=created,
             pool_id=self.pool_id,
+            checksums=sums,
         )
         _write_index(self.path, ix)
         self._done = True
@@ -481,6 +488,7 @@ class PoolWriter:
         self._lock = _WriterLock(self.path, purpose or _purpose(), lock_timeout)
         self._staged: list[_ShardWriter] = []
         self._ix: _Index | None = None
+        self.orphans_removed: list[Path] = []  # what opening the writer cleaned up
 
     def __enter__(self) -> PoolWriter:
         if not self.path.exists():
@@ -488,7 +496,9 @@ class PoolWriter:
         self._lock.__enter__()
         try:
             self._ix = _load_index(self.path)
-            _remove_orphans(self.path, self._ix.pool_id, self._ix.referenced())
+            self.orphans_removed = _remove_orphans(
+                self.path, self._ix.pool_id, self._ix.referenced()
+            )
         except BaseException:
             self._lock.__exit__()
             raise
@@ -594,6 +604,7 @@ class PoolWriter:
         if ix.truth is not None:  # generated rows inherit nothing hidden: truth unknown
             ix.truth = np.concatenate([ix.truth, np.full(n, -1, TRUTH_DTYPE)])
         ix.pool_shards.append((shard.name, n))
+        ix.checksums[shard.name] = shard.sha256
         return np.arange(first, first + n, dtype=np.int64)
 
     def append_round(self, record: dict[str, Any]) -> None:

@@ -58,6 +58,14 @@ IMAGES = "images"  # dataset name inside a shard
 SHARD_ROWS_PER_CHUNK_BYTES = 1 << 20  # aim for ~1 MiB HDF5 chunks along N
 
 
+SHARD_KINDS = ("pool", "test")  # shard names: <kind>-<pool_id>-<16 hex>.h5
+
+
+def owns_shard(pool_id: str, name: str) -> bool:
+    """Whether the shard file ``name`` was written for the pool ``pool_id``."""
+    return any(name.startswith(f"{kind}-{pool_id}-") for kind in SHARD_KINDS)
+
+
 def shard_dir(pool_path: Path) -> Path:
     """Folder holding the image shards of the pool at ``pool_path``."""
     return pool_path.with_name(pool_path.stem + ".shards")

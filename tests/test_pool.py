@@ -18,7 +18,7 @@ from dgaal_core.errors import (
     PoolLockedError,
     PoolUpdateError,
 )
-from dgaal_core.pool import PoolReader
+from dgaal_core.pool import PoolReader, file_sha256
 from dgaal_core.pool_writer import PoolBuilder, PoolWriter, choose_initial
 from dgaal_core.schema import FORMAT, VERSION, Origin, State, shard_dir
 
@@ -322,3 +322,19 @@ def test_second_writer_fails_at_once_naming_the_holder_and_readers_still_read(tm
         proc.wait()
     with PoolWriter(path) as w:  # the OS released the dead holder's lock
         w.commit()
+
+
+def test_garbage_in_an_attribute_is_a_named_error_and_shards_carry_checksums(tmp_path):
+    path = tmp_path / "p.h5"
+    make_pool(path, n=30, test=0)
+    with PoolWriter(path) as w:
+        w.append(np.zeros((2, 8, 8, 1), np.uint8), parents=np.arange(2))
+        w.commit()
+    with PoolReader(path) as r:  # every shard is sealed with its SHA-256 when written
+        names = [s.name for s in r._pool_shards]
+        assert len(names) == 2 and sorted(r.shard_sha256) == sorted(names)
+        assert r.shard_sha256[names[1]] == file_sha256(shard_dir(path) / names[1])
+    with h5py.File(path, "a") as f:
+        f.attrs["meta"] = "{not json"
+    with pytest.raises(PoolFormatError, match="does not parse"):
+        PoolReader(path)
