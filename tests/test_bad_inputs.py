@@ -7,6 +7,7 @@ shard or lock file behind when it was asked to create one.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -196,6 +197,24 @@ def test_pool_info_on_a_pool_without_its_shard_folder_says_it_is_damaged(here: P
     proc = dgaal("pool", "info", "moved.h5", "--json", cwd=here)
     assert_one_line_error(proc, "moved.h5", "damaged pool", "missing")
     assert proc.stdout == ""
+
+
+def test_pool_check_finds_the_damage_of_these_cases(here: Path) -> None:
+    """``dgaal pool check`` on the damaged files above: not a pool at all (exit 2, one line),
+    or a pool whose shards are gone or garbage (exit 1, the shards check names them)."""
+    for name, needles in (("not_a_pool.h5", ["not an HDF5 file"]), ("truncated.h5", ["not an"])):
+        assert_one_line_error(dgaal("pool", "check", name, cwd=here), name, *needles)
+    shutil.copy(here / "p.h5", here / "moved2.h5")  # its shards would be in moved2.shards/
+    shutil.copy(here / "p.h5", here / "garbage.h5")
+    shutil.copytree(shard_dir(here / "p.h5"), shard_dir(here / "garbage.h5"))
+    for shard in shard_dir(here / "garbage.h5").iterdir():
+        shard.write_bytes(b"garbage " * 100)
+    for name, needle in (("moved2.h5", "is missing"), ("garbage.h5", "checksum mismatch")):
+        proc = dgaal("pool", "check", name, "--json", cwd=here)
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+        checks = {c["check"]: c for c in json.loads(proc.stdout)["checks"]}
+        assert checks["shards"]["status"] == "damaged" and needle in checks["shards"]["detail"]
+    assert dgaal("pool", "check", "p.h5", cwd=here).returncode == 0
 
 
 ANSWER_CASES = {

@@ -99,6 +99,7 @@ def test_two_rounds_with_the_simulated_oracle(pool):
         == rounds[0]["oracle_queries"] + rounds[1]["oracle_queries"]
     )
     check_pool_invariants(pool)
+    assert "pool OK" in dgaal("pool", "check", str(pool)).stdout  # real rounds pass the check
     work = pool.with_name("pools.dgaal")
     for n in (1, 2):
         names = {p.name for p in (work / f"round-{n:04d}").iterdir()}
@@ -108,6 +109,7 @@ def test_two_rounds_with_the_simulated_oracle(pool):
 def test_human_oracle_round_label_round(pool, tmp_path):
     out = dgaal("round", "--pool", str(pool), "--oracle", "human", *FAST).stdout
     assert "images to label" in out
+    assert "waits for 40 answers" in dgaal("pool", "check", str(pool)).stdout
     st = info(pool)
     assert st["queried"] == 40 and st["labelled"] == 144
     queries = pool.with_name("pools.dgaal") / "round-0001" / "queries"
@@ -137,6 +139,7 @@ def test_human_oracle_round_label_round(pool, tmp_path):
     assert done["queried"] == 0 and done["labelled"] == 184 and done["generated"] == 40
     assert done["rounds"][0]["oracle"] == "human" and done["rounds"][0]["oracle_queries"] == 40
     check_pool_invariants(pool)
+    assert "pool OK" in dgaal("pool", "check", str(pool)).stdout
 
 
 def test_a_second_round_on_the_same_pool_fails_at_once(pool):
