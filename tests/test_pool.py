@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import h5py
@@ -19,6 +22,7 @@ from dgaal_core.errors import (
     PoolUpdateError,
 )
 from dgaal_core.pool import PoolReader, file_sha256
+from dgaal_core.pool_check import check_pool
 from dgaal_core.pool_writer import PoolBuilder, PoolWriter, choose_initial
 from dgaal_core.schema import FORMAT, VERSION, Origin, State, shard_dir
 
@@ -338,3 +342,74 @@ def test_garbage_in_an_attribute_is_a_named_error_and_shards_carry_checksums(tmp
         f.attrs["meta"] = "{not json"
     with pytest.raises(PoolFormatError, match="does not parse"):
         PoolReader(path)
+
+
+DGAAL = shutil.which("dgaal", path=str(Path(sys.executable).parent)) or "dgaal"
+
+
+def _seen(path: Path) -> tuple:
+    """What a user of the pool at ``path`` sees: its id, ``pool info --json``, every image."""
+    with PoolReader(path) as r:
+        r.check_shards()
+        return r.pool_id, r.summary(), r.read_images(np.arange(r.num_rows)), r.read_test()[0]
+
+
+def test_kill_9_during_create_force_keeps_the_old_pool_until_the_new_one_is_complete(tmp_path):
+    new = np.random.default_rng(1).integers(0, 256, (100_000, 8, 8, 3), dtype=np.uint8)
+    np.savez(tmp_path / "new.npz", x_train=new, y_train=np.arange(100_000) % 10)
+    path = tmp_path / "p.h5"
+    make_pool(path, n=300)
+
+    def create(out: Path) -> subprocess.Popen:
+        args = ["pool", "create", str(out), "--from", "npz", str(tmp_path / "new.npz"), "--force"]
+        return subprocess.Popen(
+            [DGAAL, *args, "--batch-size", "512"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
+
+    def writing(proc: subprocess.Popen, folder: Path) -> float:
+        """Wait until ``proc`` has started a new shard in ``folder``; returns the time then."""
+        known = {p.name for p in folder.iterdir()} if folder.exists() else set()
+        while proc.poll() is None:
+            if folder.exists() and {p.name for p in folder.iterdir()} - known:
+                break
+            time.sleep(0.002)
+        return time.perf_counter()
+
+    t0 = time.perf_counter()  # how long one create takes here, and how long it writes
+    proc = create(tmp_path / "timing.h5")
+    t_write = writing(proc, shard_dir(tmp_path / "timing.h5"))
+    assert proc.wait(timeout=120) == 0
+    took, writes = time.perf_counter() - t0, time.perf_counter() - t_write
+    rng = np.random.default_rng(0)
+    outcomes = []
+    for trial in range(6):
+        before = _seen(path)
+        proc = create(path)
+        if trial < 2:  # at any moment
+            delay = float(rng.uniform(0.0, 1.0)) * took
+        else:  # while it writes its shard: the moment that matters
+            writing(proc, shard_dir(path))
+            delay = float(rng.uniform(0.0, 1.0)) * writes
+        try:
+            proc.wait(timeout=delay)
+        except subprocess.TimeoutExpired:
+            proc.kill()  # SIGKILL: no cleanup
+        proc.wait()
+        after = _seen(path)
+        if after[0] == before[0]:  # the old pool, exactly as it was
+            assert after[1] == before[1]
+            np.testing.assert_array_equal(after[2], before[2])
+            np.testing.assert_array_equal(after[3], before[3])
+            outcomes.append("old")
+        else:  # or the new one, complete
+            assert after[1]["images"] == 100_000
+            np.testing.assert_array_equal(after[2], new)
+            outcomes.append("new")
+        damaged = [f for f in check_pool(path) if f.damaged and f.check != "orphans"]
+        assert not damaged, damaged
+    assert "old" in outcomes, "every create finished: the test did not test anything"
+    with PoolWriter(path) as w:  # and the next writer works on whichever it is
+        w.commit()
