@@ -105,6 +105,16 @@ def _holder(pool: Path) -> str | None:
         os.close(fd)
 
 
+def _dead_create(pool: Path) -> str | None:
+    """The pool id a killed ``pool create`` of ``pool`` left in the lock info (when not held)."""
+    info = lock_path(pool).with_name(lock_path(pool).name + ".json")
+    try:
+        dead = json.loads(info.read_text()).get("creating")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return dead if isinstance(dead, str) else None
+
+
 class _Checker(RowChecks):
     """Runs the checks in :data:`CHECKS` order; each may use what the earlier ones parsed."""
 
@@ -283,8 +293,11 @@ class _Checker(RowChecks):
         folder = shard_dir(self.path)
         files = sorted(p.name for p in folder.glob("*.h5")) if folder.is_dir() else []
         ours = [n for n in files if n not in keep and owns_shard(self.pool_id, n)]
+        dead = _dead_create(self.path)  # a `pool create` of this file killed before publishing
+        if dead and dead != self.pool_id:
+            ours += [n for n in files if owns_shard(dead, n)]
         temps = sorted(p.name for p in self.path.parent.glob(f"{self.path.name}.tmp-*"))
-        others = sum(1 for n in files if n not in keep and not owns_shard(self.pool_id, n))
+        others = sum(1 for n in files if n not in keep and n not in ours)
         bad = [f"orphan shard {n}" for n in ours] + [f"left-over index {n}" for n in temps]
         note = f" ({others} files of other pools left alone)" if others else ""
         self.add(

@@ -18,6 +18,10 @@ orphan removal deletes only unreferenced shards carrying that id: pools whose na
 shards. A pool made before ids existed gets one at its next commit; its old, untagged orphans
 are left alone (whose they are cannot be told).
 
+A ``pool create`` (``--force`` over an existing pool, too) writes its shards under a new id that
+only its final index publishes; it names that id in the lock info, so if it is killed, the next
+holder of the lock finds the id there and deletes those shards, which nothing else would.
+
 Writers take an exclusive lock (``pools.h5.lock``, flock based, released by the OS when a holder
 dies); ``pools.h5.lock.json`` names the holder so a second writer gets a useful message.
 """
@@ -231,8 +235,10 @@ def _load_index(path: Path) -> _Index:
 class _WriterLock:
     """Exclusive writer lock of one pool; names its holder in ``<lock>.json``."""
 
-    def __init__(self, pool_path: Path, purpose: str, timeout: float):
+    def __init__(self, pool_path: Path, purpose: str, timeout: float, creating: str | None = None):
         self.pool_path = pool_path
+        self.creating = creating  # the id of a pool being created (its shards are unpublished)
+        self.stale: dict[str, Any] = {}  # the info a holder that died left behind
         self.path = lock_path(pool_path)
         self.info_path = self.path.with_name(self.path.name + ".json")
         self.purpose = purpose
@@ -248,7 +254,12 @@ class _WriterLock:
                 f"{self.pool_path} is being written by {self._holder()}; "
                 "wait for it to finish (or stop it) and try again"
             ) from None
+        try:  # we hold the lock: an info file still there was left by a holder that died
+            self.stale = dict(json.loads(self.info_path.read_text()))
+        except (OSError, ValueError, TypeError):
+            self.stale = {}
         info = {
+            "creating": self.creating,
             "pid": os.getpid(),
             "host": socket.gethostname(),
             "purpose": self.purpose,
@@ -283,6 +294,21 @@ def _remove_orphans(pool_path: Path, pool_id: str, keep: set[str]) -> list[Path]
     for p in gone:
         p.unlink(missing_ok=True)
     return sorted(gone)
+
+
+def _remove_dead_create(pool_path: Path, stale: dict[str, Any], current: str | None) -> list[Path]:
+    """Delete the shards of a ``pool create`` that died holding this pool's lock (call under the
+    lock). Its pool id was never published, so no writer would ever delete them otherwise;
+    ``stale`` is the lock info it left, ``current`` the id of the pool now at ``pool_path`` (if
+    that create got as far as publishing its index, its shards are the pool's)."""
+    dead = stale.get("creating")
+    folder = shard_dir(pool_path)
+    if not isinstance(dead, str) or not dead or dead == current or not folder.is_dir():
+        return []
+    gone = sorted(p for p in folder.glob("*.h5") if owns_shard(dead, p.name))
+    for p in gone:
+        p.unlink(missing_ok=True)
+    return gone
 
 
 def _shards_of(path: Path) -> tuple[str | None, set[str]]:
@@ -356,11 +382,11 @@ class PoolBuilder:
         self.force = force
         self._truth: list[np.ndarray] = []
         self._test_labels: list[np.ndarray] = []
-        self._lock = _WriterLock(self.path, _purpose(), timeout=0)
+        self.pool_id = new_pool_id()
+        self._lock = _WriterLock(self.path, _purpose(), timeout=0, creating=self.pool_id)
         self._pool: _ShardWriter | None = None
         self._test: _ShardWriter | None = None
         self._done = False
-        self.pool_id = new_pool_id()
         self._replaced: tuple[str | None, set[str]] = (None, set())  # a --force'd pool's shards
 
     def __enter__(self) -> PoolBuilder:
@@ -371,6 +397,7 @@ class PoolBuilder:
         try:
             if self.path.exists():
                 self._replaced = _shards_of(self.path)
+            _remove_dead_create(self.path, self._lock.stale, self._replaced[0])
             self._pool = _ShardWriter(self.path, "pool", self.image_shape, self.pool_id)  # type: ignore[arg-type]
         except BaseException:
             self._release()
@@ -498,7 +525,7 @@ class PoolWriter:
             self._ix = _load_index(self.path)
             self.orphans_removed = _remove_orphans(
                 self.path, self._ix.pool_id, self._ix.referenced()
-            )
+            ) + _remove_dead_create(self.path, self._lock.stale, self._ix.pool_id)
         except BaseException:
             self._lock.__exit__()
             raise

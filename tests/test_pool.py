@@ -411,5 +411,8 @@ def test_kill_9_during_create_force_keeps_the_old_pool_until_the_new_one_is_comp
         damaged = [f for f in check_pool(path) if f.damaged and f.check != "orphans"]
         assert not damaged, damaged
     assert "old" in outcomes, "every create finished: the test did not test anything"
-    with PoolWriter(path) as w:  # and the next writer works on whichever it is
-        w.commit()
+    with PoolWriter(path) as w:  # the next writer works on whichever it is, and deletes the
+        w.commit()  # shards a killed create left (their id was never published)
+    with PoolReader(path) as r:
+        mine = {s.name for s in r._pool_shards} | {s.name for s in r._test_shards}
+    assert {p.name for p in shard_dir(path).iterdir()} == mine

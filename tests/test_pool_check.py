@@ -182,6 +182,18 @@ def test_repair_removes_our_orphan_only_and_keeps_every_label(pool: Path) -> Non
         assert r.rounds() == before[2]
 
 
+def test_the_shards_of_a_killed_create_are_orphans_repair_removes(pool: Path) -> None:
+    dead = "feedfacefeedface"  # a `pool create --force` of this file, killed while writing
+    shutil.copy(a_shard(pool), shard_dir(pool) / f"pool-{dead}-00000000000000cc.h5")
+    info = pool.with_name(pool.name + ".lock.json")
+    info.write_text(json.dumps({"creating": dead, "pid": 1, "purpose": "dgaal pool create"}))
+    code, checks = status(pool)
+    assert code == 1 and "00000000000000cc" in checks["orphans"]["detail"]
+    code, out = check(pool, "--repair")
+    assert code == 0 and "removed 1 orphan files" in out, out
+    assert not any(dead in p.name for p in shard_dir(pool).iterdir())
+
+
 def test_repair_cannot_bring_back_a_missing_shard(pool: Path) -> None:
     a_shard(pool).unlink()
     code, out = check(pool, "--repair")
