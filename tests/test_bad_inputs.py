@@ -10,12 +10,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import struct
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 from pools import class_images
 
 from dgaal_core.pool import PoolReader
@@ -93,7 +96,52 @@ def here(tmp_path_factory: pytest.TempPathFactory) -> Path:
     }
     for name, text in answers.items():
         (d / name).write_bytes(text)
+    image_folders(d)
     return d
+
+
+def _png_bomb() -> bytes:
+    """A valid PNG header claiming 30000x30000 pixels: a decompression bomb, a few bytes long."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        crc = zlib.crc32(kind + body) & 0xFFFFFFFF
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
+
+    header = chunk(b"IHDR", struct.pack(">IIBBBBB", 30000, 30000, 1, 0, 0, 0, 0))
+    body = chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + header + body
+
+
+def image_folders(d: Path) -> None:
+    """Folders of 2 classes x 3 images, each with one oddity (see FOLDER_CASES, ODD_FOLDERS)."""
+    rng = np.random.default_rng(0)
+    kinds = {
+        "plain": lambda: Image.fromarray(rng.integers(0, 256, (4, 4), dtype=np.uint8)),
+        "rgba": lambda: Image.fromarray(rng.integers(0, 256, (4, 4, 4), dtype=np.uint8)),
+        "png16": lambda: Image.fromarray(rng.integers(0, 65536, (4, 4), dtype=np.uint16)),
+        "palette": lambda: Image.fromarray(rng.integers(0, 256, (4, 4, 3), np.uint8)).convert("P"),
+    }
+    for name in ("zero_byte", "truncated_jpeg", "text_png", "mixed", "bomb", "self_link", "loop"):
+        kinds[name] = kinds["plain"]
+    kinds["non_utf8"] = kinds["plain"]
+    for name, make in kinds.items():
+        for c in ("a", "b"):
+            (d / "dirs" / name / c).mkdir(parents=True)
+            for i in range(3):
+                make().save(d / "dirs" / name / c / f"{i}.png")
+    (d / "dirs" / "empty").mkdir()
+    odd = d / "dirs"
+    (odd / "zero_byte" / "a" / "z.png").write_bytes(b"")
+    Image.fromarray(rng.integers(0, 256, (4, 4, 3), np.uint8)).save(odd / "x.jpg")
+    jpeg = (odd / "x.jpg").read_bytes()
+    (odd / "truncated_jpeg" / "a" / "t.jpg").write_bytes(jpeg[: len(jpeg) // 2])
+    (odd / "text_png" / "b" / "t.png").write_text("hello, I am not a PNG")
+    Image.fromarray(np.zeros((5, 5), np.uint8)).save(odd / "mixed" / "b" / "9.png")
+    (odd / "bomb" / "a" / "bomb.png").write_bytes(_png_bomb())
+    os.symlink("self.png", odd / "self_link" / "a" / "self.png")
+    os.symlink("..", odd / "loop" / "a" / "up")  # a folder loop: walked once
+    plain = odd / "non_utf8" / "a" / "0.png"
+    os.rename(plain, os.fsencode(plain.parent) + b"/\xff\xfe.png")
 
 
 CREATE = ["pool", "create", "new.h5", "--from", "npz"]
@@ -111,6 +159,8 @@ CREATE_CASES = {
     "negative_labels": (["negative_y.npz"], ["negative_y.npz", ">= 0"]),
     "x_test_without_y_test": (["x_test_alone.npz"], ["x_test_alone.npz", "y_test"]),
     "initial_inf": (["good.npz", "--initial", "inf"], ["--initial", "inf"]),
+    "initial_above_pool_size": (["good.npz", "--initial", "41"], ["--initial 41", "40 images"]),
+    "initial_negative": (["good.npz", "--initial=-1"], ["--initial", ">= 0"]),
     "seed_negative": (["good.npz", "--seed", "-1"], ["--seed -1", "0.."]),
     "seed_huge": (["good.npz", "--seed", HUGE], [f"--seed {HUGE}", "0.."]),
 }
@@ -123,6 +173,46 @@ def test_refused_pool_create_leaves_nothing(here: Path, args: list, needles: lis
     new = here / "new.h5"
     assert not new.exists() and not lock_path(new).exists()
     assert not shard_dir(new).exists() or not any(shard_dir(new).iterdir())
+
+
+FOLDER_CASES = {
+    "empty_folder": ("empty", ["dirs/empty", "no images found"]),
+    "zero_byte_file": ("zero_byte", ["zero_byte/a/z.png", "not a readable image"]),
+    "truncated_jpeg": ("truncated_jpeg", ["truncated_jpeg/a/t.jpg", "not a readable image"]),
+    "text_named_png": ("text_png", ["text_png/b/t.png", "not a readable image"]),
+    "mixed_sizes": ("mixed", ["mixed/b/9.png", "same size"]),
+    "decompression_bomb": ("bomb", ["bomb/a/bomb.png", "decompression bomb"]),
+    "symlink_to_itself": ("self_link", ["self_link/a/self.png", "symbolic links"]),
+}
+
+
+@pytest.mark.parametrize("folder, needles", FOLDER_CASES.values(), ids=FOLDER_CASES.keys())
+def test_refused_folder_leaves_nothing_not_even_parent_folders(
+    here: Path, folder: str, needles: list
+) -> None:
+    new = here / "deep" / "er" / "new.h5"
+    proc = dgaal("pool", "create", new, "--from", "folder", f"dirs/{folder}", cwd=here)
+    assert_one_line_error(proc, *needles)
+    assert not (here / "deep").exists()
+
+
+ODD_FOLDERS = {  # accepted: folder -> (channels, images)
+    "rgba": (3, 6),  # alpha dropped
+    "png16": (1, 6),  # top 8 bits kept
+    "palette": (3, 6),
+    "loop": (1, 6),  # a/up -> .. is not walked twice
+    "non_utf8": (1, 6),  # a file name that is not UTF-8
+}
+
+
+@pytest.mark.parametrize("folder, expected", ODD_FOLDERS.items(), ids=ODD_FOLDERS.keys())
+def test_odd_but_valid_folders_make_a_pool(here: Path, folder: str, expected: tuple) -> None:
+    out = here / f"odd_{folder}.h5"
+    proc = dgaal("pool", "create", out, "--from", "folder", f"dirs/{folder}", cwd=here)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    with PoolReader(out) as r:
+        assert (r.image_shape[2], r.num_rows) == expected
+        r.check_shards()
 
 
 ROUND = ["round", "--pool", "p.h5", "--quiet"]
