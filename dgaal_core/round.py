@@ -201,6 +201,13 @@ class Round:
         left = int(np.sum(reader.states == State.UNLABELLED))
         if left == 0:
             raise EmptyPoolError(f"{self.pool_path}: no candidates left; the pool is exhausted")
+        if strategy_spec(self.config.strategy).needs_gan and not np.any(
+            reader.states == State.LABELLED
+        ):
+            raise EmptyPoolError(
+                f"{self.pool_path}: no labelled images, and strategy '{self.config.strategy}' "
+                "trains on labelled and unlabelled ones; create the pool with --initial above 0"
+            )
         real_rows = int(np.sum(reader.fields["origin"] == Origin.REAL))
         wanted = self.config.budget_count(real_rows)
         if wanted <= left:

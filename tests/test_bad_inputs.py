@@ -83,6 +83,10 @@ def here(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for name in ("p.h5", "asked.h5"):
         proc = dgaal("pool", "create", name, "--from", "npz", "good.npz", "--initial", "8", cwd=d)
         assert proc.returncode == 0, proc.stderr
+    proc = dgaal(
+        "pool", "create", "unlabelled.h5", "--from", "npz", "good.npz", "--initial", "0", cwd=d
+    )
+    assert proc.returncode == 0, proc.stderr
     (d / "truncated.h5").write_bytes((d / "p.h5").read_bytes()[:3000])
     with PoolWriter(d / "asked.h5") as w:
         w.set_state(list(QUERIED), State.QUERIED)
@@ -93,6 +97,12 @@ def here(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "not_queried.csv": b"id,label\n9,1\n",
         "unknown_label.csv": b"id,label\n5,cat\n",
         "conflicting.csv": b"id,label\n5,1\n5,2\n",
+        "empty.csv": b"",
+        "header_only.csv": b"id,label\n",
+        "id_not_integer.csv": b"id,label\nfive,1\n",
+        "id_out_of_range.csv": b"id,label\n999,1\n",
+        "label_index_too_big.csv": b"id,label\n5,4\n",
+        "labels_all_empty.csv": b"id,label\n5,\n6,\n",
     }
     for name, text in answers.items():
         (d / name).write_bytes(text)
@@ -275,11 +285,32 @@ def test_refused_command_leaves_the_pool_unchanged(here: Path, args: list, needl
         (["pool", "info", "truncated.h5"], ["truncated.h5", "not an HDF5 file"]),
         (["round", "--pool", "truncated.h5", "--budget", "4"], ["truncated.h5", "not an HDF5"]),
         (["label", "--pool", "not_a_pool.h5", "latin1.csv"], ["not_a_pool.h5", "not an HDF5"]),
+        (["pool", "info", "missing.h5"], ["missing.h5", "no such pool file"]),
+        (["pool", "check", "missing.h5"], ["missing.h5", "no such pool file"]),
+        (["pool", "check", "dirs"], ["dirs", "no such pool file"]),
+        (["pool", "check", "good.npz"], ["good.npz", "not an HDF5 file"]),
     ],
-    ids=["info_not_hdf5", "info_truncated", "round_truncated", "label_not_hdf5"],
+    ids=[
+        "info_not_hdf5",
+        "info_truncated",
+        "round_truncated",
+        "label_not_hdf5",
+        "info_missing",
+        "check_missing",
+        "check_a_folder",
+        "check_an_npz",
+    ],
 )
 def test_files_that_are_not_pools(here: Path, args: list, needles: list) -> None:
     assert_one_line_error(dgaal(*args, cwd=here), *needles)
+
+
+def test_a_round_on_a_pool_without_labels_is_refused_before_writing(here: Path) -> None:
+    pool = here / "unlabelled.h5"
+    before = snapshot(pool)
+    proc = dgaal("round", "--pool", pool.name, "--budget", "4", "--quiet", cwd=here)
+    assert_one_line_error(proc, "unlabelled.h5", "no labelled images", "--initial")
+    assert snapshot(pool) == before  # and no work folder (snapshot says whether there is one)
 
 
 def test_pool_info_on_a_pool_without_its_shard_folder_says_it_is_damaged(here: Path) -> None:
@@ -313,6 +344,13 @@ ANSWER_CASES = {
     "id_not_queried": ("not_queried.csv", ["not_queried.csv:2", "id 9", "not queried"]),
     "unknown_label": ("unknown_label.csv", ["unknown_label.csv:2", "'cat'", "not a class"]),
     "conflicting_duplicates": ("conflicting.csv", ["conflicting.csv:3", "conflicting answer"]),
+    "empty_file": ("empty.csv", ["empty.csv", "'id' and 'label' columns"]),
+    "header_only": ("header_only.csv", ["header_only.csv", "'id' and 'label' columns"]),
+    "id_not_integer": ("id_not_integer.csv", ["id_not_integer.csv:2", "'five'", "integer"]),
+    "id_out_of_range": ("id_out_of_range.csv", ["id_out_of_range.csv:2", "999", "not in the pool"]),
+    "label_index_too_big": ("label_index_too_big.csv", ["label_index_too_big.csv:2", "'4'"]),
+    "no_answers": ("labels_all_empty.csv", ["labels_all_empty.csv", "no answers"]),
+    "no_such_file": ("nope.csv", ["nope.csv", "no such answers file"]),
 }
 
 
@@ -325,8 +363,12 @@ def test_refused_answers_change_nothing(here: Path, name: str, needles: list) ->
 
 @pytest.mark.parametrize(
     "text",
-    [b"\xef\xbb\xbfid,label\r\n5,1\r\n6,2\r\n", b"id,suggested_label,label\r\n5,0,1\r\n6,0,2\r\n"],
-    ids=["utf8_bom", "crlf"],
+    [
+        b"\xef\xbb\xbfid,label\r\n5,1\r\n6,2\r\n",
+        b"id,suggested_label,label\r\n5,0,1\r\n6,0,2\r\n",
+        b'notes,id,label,who\n"a, b",5,1,me\n,6,2,\n',
+    ],
+    ids=["utf8_bom", "crlf", "extra_columns"],
 )
 def test_answers_with_a_bom_or_crlf_line_ends_are_accepted(here: Path, text: bytes) -> None:
     pool = here / "answer_me.h5"
