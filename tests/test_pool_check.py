@@ -244,3 +244,11 @@ def test_pool_check_does_not_load_torch(pool: Path) -> None:
     )
     proc = subprocess.run([sys.executable, "-c", code, str(pool)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_orphans_are_not_judged_while_a_writer_holds_the_lock(pool: Path) -> None:
+    with PoolWriter(pool, purpose="dgaal round") as w:
+        w.append(np.zeros((1, 8, 8, 1), np.uint8), parents=np.array([10]))  # staged, unpublished
+        code, checks = status(pool)
+    assert code == 0 and checks["orphans"]["status"] == "skipped"
+    assert "being written by 'dgaal round'" in checks["orphans"]["detail"]
