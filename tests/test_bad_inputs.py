@@ -174,6 +174,7 @@ CREATE_CASES = {
     "initial_negative": (["good.npz", "--initial=-1"], ["--initial", ">= 0"]),
     "seed_negative": (["good.npz", "--seed", "-1"], ["--seed -1", "0.."]),
     "seed_huge": (["good.npz", "--seed", HUGE], [f"--seed {HUGE}", "0.."]),
+    "npz_missing": (["nope.npz"], ["nope.npz"]),
 }
 
 
@@ -194,6 +195,7 @@ FOLDER_CASES = {
     "mixed_sizes": ("mixed", ["mixed/b/9.png", "same size"]),
     "decompression_bomb": ("bomb", ["bomb/a/bomb.png", "decompression bomb"]),
     "symlink_to_itself": ("self_link", ["self_link/a/self.png", "symbolic links"]),
+    "no_such_folder": ("nope", ["dirs/nope"]),
 }
 
 
@@ -258,6 +260,21 @@ POOL_CASES = {
         ["experiment", "--pool", "p.h5", "--out", "exp", "--seeds=-1", "--strategies", "random"],
         ["--seeds", "got -1"],
     ),
+    "experiment_unknown_strategy": (
+        ["experiment", "--pool", "p.h5", "--out", "exp", "--strategies", "nope"],
+        ["nope"],
+    ),
+    "experiment_seed_twice": (
+        ["experiment", "--pool", "p.h5", "--out", "exp", "--seeds", "0,0"],
+        ["--seeds", "twice"],
+    ),
+    "round_unknown_preset": ([*ROUND, "--preset", "huge"], ["preset", "huge"]),
+    "score_model_missing": (["score", "--model", "nope.onnx", "--pool", "p.h5"], ["nope.onnx"]),
+    "generate_id_not_a_number": (
+        ["generate", "--model", "g.onnx", "--pool", "p.h5", "--ids", "3,x", "--out", "gen"],
+        ["--ids", "x"],
+    ),
+    "label_ids_not_queried": (["label", "--pool", "p.h5", "not_queried.csv"], ["not queried"]),
     "generate_duplicate_ids": (
         ["generate", "--model", "g.onnx", "--pool", "p.h5", "--ids", "3,3,17", "--out", "gen"],
         ["--ids 3,3,17", "repeated: 3"],
