@@ -24,7 +24,19 @@ ERROR_EXIT_CODE = 2
 
 # ---- option aliases shared by several commands -------------------------------------------------
 PoolArg = Annotated[Path, typer.Argument(help="Pool file (e.g. pools.h5).", show_default=False)]
-SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of every random choice.")]
+MAX_SEED = 2**63 - 1  # dgaal_core.config.MAX_SEED (not imported: keep this module light)
+
+
+def _seed(value: int) -> int:
+    """``--seed``: refused in one line unless it fits a signed 64-bit integer and is >= 0."""
+    if not 0 <= value <= MAX_SEED:
+        raise fail(f"--seed {value}: expected an integer in 0..{MAX_SEED}")
+    return value
+
+
+SeedOpt = Annotated[
+    int, typer.Option("--seed", help="Seed of every random choice.", callback=_seed)
+]
 ForceOpt = Annotated[
     bool, typer.Option("--force", help="Replace an existing output instead of refusing.")
 ]

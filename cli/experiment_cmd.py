@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from dgaal_core.errors import DgaalError
+
 from .common import (
     CoevolveStepsOpt,
     DepthLimitOpt,
@@ -145,8 +147,8 @@ def experiment_command(
                 ),
             ),
         )  # fmt: skip
-    except ValueError as e:
-        raise typer.BadParameter(str(e)) from None
+    except ValueError as e:  # ConfigError: one line, like every error
+        raise DgaalError(str(e)) from None
     set_torch_threads(preset)
     if report:  # find out now, not after hours of rounds
         from dgaal_core.report_plots import require_matplotlib

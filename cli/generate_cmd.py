@@ -31,6 +31,10 @@ def parse_ids(value: str) -> Any:
         raise DgaalError(f"--ids {value}: expected ids like 1,2,3 or a file of ids ({e})") from None
     if ids.size == 0:
         raise DgaalError(f"--ids {value}: no ids given")
+    unique, counts = np.unique(ids, return_counts=True)
+    if unique.size != ids.size:  # one image per id: a repeat would write one file for two
+        twice = ", ".join(map(str, unique[counts > 1][:5]))
+        raise DgaalError(f"--ids {value}: each id may be given once; repeated: {twice}")
     return ids
 
 

@@ -1,4 +1,5 @@
-"""``dgaal pool create`` and ``dgaal pool info``: make a pool from images, and look inside one.
+"""``dgaal pool create``, ``info`` and ``check``: make a pool from images, look inside one, and
+verify (or repair) one.
 
 No torch here: numpy, h5py and PIL are imported inside the commands, so ``dgaal --help`` stays
 fast and the pool commands run where torch is not installed.
@@ -22,7 +23,8 @@ if TYPE_CHECKING:
     pass
 
 app = typer.Typer(
-    help="Create a pool file from images, and show what is in one.", no_args_is_help=True
+    help="Create a pool file from images, show what is in one, check one for damage.",
+    no_args_is_help=True,
 )
 
 
@@ -143,11 +145,78 @@ def info(pool: PoolArg, as_json: JsonOpt = False) -> None:
     from dgaal_core.pool import PoolReader
 
     with PoolReader(pool) as r:
+        r.check_shards()  # a missing or short shard: the pool is damaged, say so
         summary = r.summary()
     if as_json:
         typer.echo(json.dumps(summary))
         return
     _print_info(summary)
+
+
+DAMAGE_EXIT_CODE = 1  # damage found; 2 stays "could not check at all" (handle_errors)
+
+
+@app.command()
+@handle_errors
+def check(
+    pool: PoolArg,
+    repair: Annotated[
+        bool,
+        typer.Option(
+            "--repair",
+            help="Remove this pool's orphan shards and abandon a broken round that waits for "
+            "answers; committed labels are never touched.",
+        ),
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Verify the index against the shards, the rows' states, labels and lineage, and the round
+    log. Exit 0: pool OK; 1: damage found (the table says where); 2: not a pool at all."""
+    from dgaal_core.pool_check import check_pool, repair_pool
+
+    findings = check_pool(pool)
+    done: list[str] = []
+    left: list[str] = []
+    if repair and any(fd.damaged for fd in findings):
+        done, left = repair_pool(pool, findings)
+        findings = check_pool(pool)
+    damaged = [fd for fd in findings if fd.damaged]
+    if not repair:  # say what --repair would do, and what it could not
+        done = [f"--repair would {fd.repair}" for fd in damaged if fd.repairable]
+        left = [f"{fd.check}: {fd.repair}" for fd in damaged if fd.repair and not fd.repairable]
+    if as_json:
+        out = {
+            "path": str(pool),
+            "ok": not damaged,
+            "checks": [fd.to_dict() for fd in findings],
+            "repaired": done if repair else [],
+            "not_repaired": left,
+        }
+        typer.echo(json.dumps(out))
+    else:
+        _print_check(findings, done, left)
+        typer.echo("pool OK" if not damaged else f"pool DAMAGED: {len(damaged)} checks failed")
+    if damaged:
+        raise typer.Exit(DAMAGE_EXIT_CODE)
+
+
+def _print_check(findings: list[Any], done: list[str], left: list[str]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    con = Console()
+    table = Table(title_justify="left")
+    for col in ("check", "status", "detail"):
+        table.add_column(col, overflow="fold")
+    colour = {"ok": "green", "damaged": "bold red", "skipped": "yellow"}
+    for fd in findings:
+        table.add_row(fd.check, f"[{colour[fd.status]}]{fd.status}[/]", fd.detail)
+    con.print(table)
+    for line in done:
+        prefix = "" if line.startswith("--repair") else "repaired: "
+        con.print(f"{prefix}{line}", markup=False, highlight=False)
+    for line in left:
+        con.print(f"cannot repair: {line}", markup=False, highlight=False)
 
 
 ROUND_COLUMNS = (

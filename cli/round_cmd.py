@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+
+from dgaal_core.errors import DgaalError
 
 from .common import (
     CoevolveStepsOpt,
@@ -34,10 +37,14 @@ PoolOpt = Annotated[Path, typer.Option("--pool", help="Pool file (e.g. pools.h5)
 
 
 def _budget(value: str) -> float:
+    """``--budget``: a finite fraction below 1 or a whole count (RoundConfig checks the rest)."""
     try:
-        return float(value)
+        budget = float(value)
     except ValueError:
-        raise typer.BadParameter("a fraction (0.05) or a count (2500)") from None
+        budget = float("nan")
+    if not math.isfinite(budget):
+        raise DgaalError(f"--budget {value}: expected a fraction (0.05) or a count (2500)")
+    return budget
 
 
 def _summary(record: dict[str, Any]) -> None:
@@ -79,6 +86,13 @@ def round_command(
     budget: Annotated[
         str, typer.Option(help="Images to select: a fraction of the real images (0.05) or a count.")
     ] = "0.05",
+    take_all: Annotated[
+        bool,
+        typer.Option(
+            "--take-all",
+            help="When --budget exceeds the candidates left, label them all (else refused).",
+        ),
+    ] = False,
     oracle: Annotated[
         str, typer.Option(help="simulated (answers from stored truth) | human | auto.")
     ] = "auto",
@@ -106,31 +120,43 @@ def round_command(
         Path | None, typer.Option(help="Checkpoints and ONNX files (default: POOL stem + .dgaal).")
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
+    abandon: Annotated[
+        bool,
+        typer.Option(
+            "--abandon",
+            help="Roll back the unfinished round instead (only before its labels are committed).",
+        ),
+    ] = False,
 ) -> None:
     """Run one active-learning round, or finish an interrupted one.
 
     Phases: train (Algorithm 1), export to ONNX, score candidates, select, label (oracle),
-    co-evolve D1, generate x_g = G(x_s), train and evaluate T.
+    co-evolve D1, generate x_g = G(x_s), train and evaluate T. With --abandon: roll back a round
+    that stopped before committing labels, or that waits for a person's answers.
     """
-    from dgaal_core.round import Round
-    from dgaal_core.round_parts import RoundConfig
-    from export.round_backend import onnx_exporter
-
-    from .progress import StageProgress, console
+    if abandon:
+        _abandon(pool, workdir)
+        return
+    from dgaal_core.round_config import RoundConfig  # no torch yet: bad settings fail fast
 
     try:
         cfg = RoundConfig(
             strategy=strategy, budget=_budget(budget), oracle=oracle, preset=preset, seed=seed,
             device=device, gan_epochs=epochs, gan_steps=gan_steps, task_epochs=task_epochs,
             coevolve_steps=coevolve_steps,
-            depth_limit=depth_limit, augment_ratio=augment_ratio,
+            depth_limit=depth_limit, augment_ratio=augment_ratio, take_all=take_all,
             **method_settings(
                 task_min_steps, shortlist, task_weight, generated_cap, retrain_gan, pmse_weight,
                 noise_spread, noise_skips,
             ),
         )  # fmt: skip
-    except ValueError as e:
-        raise typer.BadParameter(str(e)) from None
+    except ValueError as e:  # ConfigError and unknown strategies: one line, like every error
+        raise DgaalError(str(e)) from None
+    from dgaal_core.round import Round
+    from export.round_backend import onnx_exporter
+
+    from .progress import StageProgress, console
+
     set_torch_threads(preset)
     log = console.print if not quiet else (lambda *_: None)
     with StageProgress(enabled=not quiet) as bars:
@@ -146,6 +172,22 @@ def round_command(
     _summary(record)
 
 
+def _abandon(pool: Path, workdir: Path | None) -> None:
+    from dgaal_core.abandon import abandon_round
+
+    out = abandon_round(pool, workdir)
+    if out["phase"] is None:
+        what = "it had written nothing to the pool"
+    else:
+        what = f"{out['requeued']} queried images are candidates again"
+        if out["answers_discarded"]:
+            what += f" ({out['answers_discarded']} answers already imported discarded)"
+        if out["free_undone"]:
+            what += f", {out['free_undone']} free labels undone"
+    kept = f"; its folder is kept as {out['folder']}" if out["folder"] else ""
+    typer.echo(f"round {out['round']} abandoned: {what}{kept}")
+
+
 def label_command(
     pool: PoolOpt,
     answers: Annotated[
@@ -153,7 +195,7 @@ def label_command(
     ],
 ) -> None:
     """Import a person's answers for the queried images of the current round."""
-    from dgaal_core.round import apply_answers
+    from dgaal_core.oracle import apply_answers
 
     out = apply_answers(pool, answers)
     left = out["still_queried"]

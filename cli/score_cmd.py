@@ -69,6 +69,10 @@ def score(
         raise DgaalError(f"--out {out}: expected a .csv or .npy file name")
     if batch_size is not None and batch_size < 1:
         raise DgaalError(f"--batch-size: expected a positive integer, got {batch_size}")
+    if threads is not None and threads < 1:
+        raise DgaalError(f"--threads: expected a positive integer, got {threads}")
+    if lowest < 0:
+        raise DgaalError(f"--lowest: expected an integer >= 0, got {lowest}")
     sampler = open_sampler(model, provider=provider.value, threads=threads)
     with StageProgress(unit="images") as bars:
         result = sampler.score_pool(

@@ -34,6 +34,16 @@ class ConfigError(DgaalError, ValueError):
     """A configuration value or dict is invalid (names the field and what was expected)."""
 
 
+MAX_SEED = 2**63 - 1  # seeds must fit torch's and HDF5's signed 64-bit integers
+
+
+def check_seed(seed: object, what: str = "seed") -> int:
+    """``seed`` if it is an integer in ``[0, MAX_SEED]``; else one clear :class:`ConfigError`."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise ConfigError(f"{what} must be an integer in 0..{MAX_SEED}, got {seed}")
+    return seed
+
+
 def default_z_dim(image_shape: tuple[int, ...]) -> int:
     """The paper's latent size: 32 for images up to 32 px on a side, 64 for larger ones."""
     return 32 if max(image_shape[0], image_shape[1]) <= 32 else 64
@@ -173,6 +183,7 @@ class TrainConfig:
         for name in ("coevolve_steps", "seed", "task_min_steps"):
             value = getattr(self, name)
             _check(isinstance(value, int) and value >= 0, n, name, "an integer >= 0", value)
+        _check(self.seed <= MAX_SEED, n, "seed", f"an integer <= {MAX_SEED}", self.seed)
         if self.gan_steps is not None:
             ok = isinstance(self.gan_steps, int) and self.gan_steps >= 0
             _check(ok, n, "gan_steps", "None or an integer >= 0", self.gan_steps)

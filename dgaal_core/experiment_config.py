@@ -9,13 +9,14 @@ from typing import Any
 
 import numpy as np
 
+from .config import MAX_SEED
 from .errors import DgaalError
 from .round_parts import RoundConfig
 from .strategies import strategy_spec
 
 PAPER_STRATEGIES = ("dgaal", "dgaal-paper", "vaal", "vaal-coevo", "random")
 # RoundConfig fields the experiment sets per run or per round (not part of the shared settings)
-_PER_ROUND = ("strategy", "seed", "budget", "oracle")
+_PER_ROUND = ("strategy", "seed", "budget", "oracle", "take_all")
 
 
 class ExperimentError(DgaalError):
@@ -102,6 +103,9 @@ class ExperimentConfig:
         for seq, what in ((self.strategies, "strategies"), (self.seeds, "seeds")):
             if len(set(seq)) != len(seq):
                 raise ExperimentError(f"--{what} lists a value twice: {list(seq)}")
+        for seed in self.seeds:  # checked now: a run folder is named after its seed
+            if not 0 <= seed <= MAX_SEED:
+                raise ExperimentError(f"--seeds: expected integers in 0..{MAX_SEED}, got {seed}")
 
     def shared_round_settings(self) -> dict[str, Any]:
         """The round settings that must match when an experiment is resumed."""
@@ -110,7 +114,12 @@ class ExperimentConfig:
     def round_config(self, strategy: str, seed: int, budget: int) -> RoundConfig:
         """The config of one round of one run."""
         return dataclasses.replace(
-            self.round, strategy=strategy, seed=seed, budget=float(budget), oracle="simulated"
+            self.round,
+            strategy=strategy,
+            seed=seed,
+            budget=float(budget),
+            oracle="simulated",
+            take_all=True,  # the last round takes the remainder when a target exceeds the pool
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -17,6 +17,7 @@ never torch.
 
 from __future__ import annotations
 
+import math
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
@@ -26,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from .config import MAX_SEED
 from .errors import IngestError, PoolExistsError
 from .ingest_arrays import digits, read_npz
 from .ingest_folder import (
@@ -230,6 +232,8 @@ def open_source(
     """Open a source by name (one of :data:`SOURCES`), checking the arguments fit it."""
     if kind not in SOURCES:
         raise IngestError(f"unknown source {kind!r}: expected one of {', '.join(SOURCES)}")
+    if not 0 <= seed <= MAX_SEED:
+        raise IngestError(f"--seed must be an integer in 0..{MAX_SEED}, got {seed}")
     if kind == "digits":
         if path is not None or test_dir is not None or class_names is not None:
             raise IngestError(
@@ -250,15 +254,19 @@ def _check_initial(initial: float | None, n: int, truth: bool) -> float:
     """The ``--initial`` value to use: a fraction < 1 or a whole count, checked against ``n``."""
     if initial is None:
         return 0.1 if truth else 0.0
-    if initial < 0 or initial != initial:
-        raise IngestError(f"--initial must be >= 0, got {initial}")
+    if not (math.isfinite(initial) and initial >= 0):
+        raise IngestError(
+            f"--initial must be a number >= 0 (a fraction below 1 or a whole count), got {initial}"
+        )
     if initial and not truth:
         raise IngestError(
             f"--initial {initial:g} needs labelled source data, but the pool has no ground truth "
             "(unlabelled source or --no-truth); use --initial 0"
         )
     if initial >= 1 and initial != int(initial):
-        raise IngestError(f"--initial must be a fraction below 1 or a whole count, got {initial}")
+        raise IngestError(
+            f"--initial must be a number >= 0 (a fraction below 1 or a whole count), got {initial}"
+        )
     if initial >= 1 and initial > n:
         raise IngestError(f"--initial {int(initial)} is more than the {n} images in the pool")
     return float(initial)
@@ -304,6 +312,8 @@ def create_pool(
         raise PoolExistsError(f"{out} already exists; pass --force to replace it")
     if batch_size < 1:
         raise IngestError(f"batch size must be at least 1, got {batch_size}")
+    if not 0 <= seed <= MAX_SEED:
+        raise IngestError(f"--seed must be an integer in 0..{MAX_SEED}, got {seed}")
     truth = keep_truth and source.has_labels
     initial = _check_initial(initial, source.num_train, truth)
     report = progress or (lambda stage, done, total: None)

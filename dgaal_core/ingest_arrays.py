@@ -7,6 +7,8 @@ scikit-learn only when the digits are asked for (it is slow to import).
 
 from __future__ import annotations
 
+import zipfile
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +44,10 @@ def _npz_images(x: np.ndarray, key: str, path: Path) -> np.ndarray:
         )
     if x.shape[0] == 0:
         raise IngestError(f"{path}: {key} holds no images")
+    if x.shape[1] == 0 or x.shape[2] == 0:
+        raise IngestError(
+            f"{path}: {key} images must be at least 1x1 pixels, got {x.shape[1]}x{x.shape[2]}"
+        )
     if x.dtype == np.uint8:
         return x
     if x.dtype.kind in "iu":
@@ -91,11 +97,18 @@ def read_npz(path: Path, class_names: Sequence[str] | None = None) -> ArrayData:
     if not path.is_file():
         raise IngestError(f"{path}: no such file")
     try:
-        with np.load(path, allow_pickle=False) as z:
+        loaded = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+        raise IngestError(f"{path}: not a readable .npz archive without pickles ({e})") from None
+    if not isinstance(loaded, np.lib.npyio.NpzFile):  # a plain .npy file: one array
+        raise IngestError(
+            f"{path}: expected an .npz archive with x_train and y_train, found a single .npy array"
+        )
+    try:
+        with loaded as z:
             arrays = {k: z[k] for k in z.files}
-    except AttributeError:  # a plain .npy file: np.load returned an array, not an archive
-        raise IngestError(f"{path}: expected an .npz archive with x_train and y_train") from None
-    except (ValueError, OSError, EOFError) as e:
+    except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as e:
+        # object arrays (pickles), truncated or corrupt members
         raise IngestError(f"{path}: not a readable .npz archive without pickles ({e})") from None
     if "x_train" not in arrays:
         raise IngestError(f"{path}: no array 'x_train' (found {sorted(arrays)})")

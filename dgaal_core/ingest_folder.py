@@ -8,7 +8,9 @@ Layouts (``DIR`` is the folder given to ``dgaal pool create --from folder DIR``)
 - ``DIR/*.png`` with no subfolders: unlabelled images; class names must be given.
 
 Only file names ending in ``.png .jpg .jpeg .bmp .webp`` (any case) are read; hidden files and
-folders (``.name``) are skipped. Pixels are taken as stored (EXIF orientation is not applied).
+folders (``.name``) are skipped. Symlinked folders are followed, each folder once; a link to
+a folder above it (a loop) is skipped, and an entry that cannot be read (a link to itself) is an
+error naming it. Pixels are taken as stored (EXIF orientation is not applied).
 Channels: 1 if every probed image is grayscale (L, LA, 1, I;16...), else 3 (RGB; RGBA, P, CMYK
 are converted); ``--channels`` forces either. Imports numpy and PIL only, never torch.
 """
@@ -45,6 +47,14 @@ def _subdirs(folder: Path) -> list[Path]:
         )
 
 
+def _loops_back(entry: os.DirEntry, parent: Path) -> bool:
+    """Whether ``entry`` is a symlink to ``parent`` or a folder above it (a loop, not images)."""
+    if not entry.is_symlink():
+        return False
+    target, here = os.path.realpath(entry.path), os.path.realpath(parent)
+    return here == target or here.startswith(target.rstrip(os.sep) + os.sep)
+
+
 def _images_in(folder: Path, recursive: bool) -> list[str]:
     """Image files in ``folder`` (and below when ``recursive``), sorted by path.
 
@@ -53,17 +63,25 @@ def _images_in(folder: Path, recursive: bool) -> list[str]:
     """
     found: list[str] = []
     stack = [folder]
+    seen: set[tuple[int, int]] = set()  # folders visited: a symlink loop is walked once
     while stack:
         d = stack.pop()
-        with os.scandir(d) as it:
-            for e in it:
-                if e.name.startswith("."):
-                    continue
-                if e.is_dir():
-                    if recursive:
-                        stack.append(Path(e.path))
-                elif _is_image(e.name):
-                    found.append(e.path)
+        try:
+            st = d.stat()
+            if (st.st_dev, st.st_ino) in seen:
+                continue
+            seen.add((st.st_dev, st.st_ino))
+            with os.scandir(d) as it:
+                for e in it:
+                    if e.name.startswith("."):
+                        continue
+                    if e.is_dir():
+                        if recursive and not _loops_back(e, d):
+                            stack.append(Path(e.path))
+                    elif _is_image(e.name):
+                        found.append(e.path)
+        except OSError as e:  # a symlink to itself, a folder we may not read, ...
+            raise IngestError(f"{e.filename or d}: cannot be read ({e.strerror})") from None
     found.sort()
     return found
 

@@ -3,8 +3,10 @@
 - simulated: answers from the pool's hidden ``truth`` (the paper's protocol). This module's
   :func:`simulated_answers` is the only code that reads ``truth`` for answering.
 - human: a query package (CSV, PNGs, a contact sheet, Label Studio tasks) goes out; a person's
-  answers CSV comes back through :func:`read_answers`, which validates everything before any
-  write happens.
+  answers CSV comes back through :func:`read_answers`, which validates everything before
+  :func:`apply_answers` (``dgaal label``) writes anything.
+
+Imports no torch, so ``dgaal label`` starts fast.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import numpy as np
 from .errors import DgaalError
 from .pictures import contact_sheet, save_png
 from .pool import PoolReader
+from .pool_writer import PoolWriter
 from .schema import State
 
 
@@ -107,9 +110,17 @@ def read_answers(path: Path, reader: PoolReader) -> tuple[np.ndarray, np.ndarray
     """
     if not path.is_file():
         raise AnswersError(f"{path}: no such answers file")
-    with open(path, newline="") as fh:
-        rows = list(csv.DictReader(fh))
-        fields = rows[0].keys() if rows else []
+    try:  # utf-8-sig: spreadsheets often start a UTF-8 CSV with a byte-order mark
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            rows = list(csv.DictReader(fh))
+    except UnicodeDecodeError as e:
+        raise AnswersError(
+            f"{path}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); "
+            "save the CSV as UTF-8"
+        ) from None
+    except csv.Error as e:
+        raise AnswersError(f"{path}: not a readable CSV ({e})") from None
+    fields = rows[0].keys() if rows else []
     if not rows or "id" not in fields or "label" not in fields:
         raise AnswersError(f"{path}: expected a CSV with 'id' and 'label' columns and rows")
     states = reader.states
@@ -139,3 +150,23 @@ def read_answers(path: Path, reader: PoolReader) -> tuple[np.ndarray, np.ndarray
     labels = np.fromiter((v for _, v in seen.values()), dtype=np.int64)
     order = np.argsort(ids)
     return ids[order], labels[order]
+
+
+def apply_answers(pool_path: Path, answers_csv: Path) -> dict[str, int]:
+    """``dgaal label``: import a person's answers for queried rows of the pending round.
+
+    Everything is validated before anything is written (see :func:`~dgaal_core.oracle.
+    read_answers`). When no queried row is left, the pending round moves on to phase
+    ``selected`` and the next ``dgaal round`` finishes it.
+    """
+    with PoolWriter(pool_path, purpose="dgaal label") as w, PoolReader(pool_path) as r:
+        ids, labels = read_answers(Path(answers_csv), r)
+        pending = r.meta.get("pending_round") or {}
+        n = int(pending.get("round", len(r.rounds()) + 1))
+        w.set_labels(ids, labels)
+        w.set_state(ids, State.LABELLED, round_no=n)
+        left = int(np.sum(w.field("state") == State.QUERIED))
+        if pending and left == 0:
+            w.update_meta(pending_round={**pending, "phase": "selected"})
+        w.commit()
+    return {"answered": int(ids.size), "still_queried": left, "round": n}

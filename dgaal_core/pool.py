@@ -10,6 +10,7 @@ uses it (h5py handles must not cross a fork).
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import queue
@@ -60,6 +61,15 @@ def _shards_from_attr(raw: Any) -> list[Shard]:
     return out
 
 
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes, hex (shards are immutable once written: this is their seal)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
 class _ShardedImages:
     """Rows of one image split (pool or test) read straight from its shard files."""
 
@@ -78,7 +88,7 @@ class _ShardedImages:
             ds = self._dataset(s)
             if ds.shape[0] != s.rows or tuple(ds.shape[1:]) != self.image_shape:
                 raise PoolFormatError(
-                    f"{self._pool_path}: shard {s.name} holds {ds.shape}, expected "
+                    f"{self._pool_path}: damaged pool: shard {s.name} holds {ds.shape}, expected "
                     f"({s.rows}, {', '.join(map(str, self.image_shape))})"
                 )
 
@@ -89,9 +99,13 @@ class _ShardedImages:
             try:
                 # 64 MiB chunk cache: neighbouring single-row reads hit the same cached chunk.
                 f = h5py.File(path, "r", locking=False, rdcc_nbytes=64 << 20)
-            except (FileNotFoundError, OSError) as e:
+            except FileNotFoundError:
                 raise PoolFormatError(
-                    f"{self._pool_path}: image shard {path} is missing or unreadable ({e})"
+                    f"{self._pool_path}: damaged pool: its image shard {path} is missing"
+                ) from None
+            except OSError as e:
+                raise PoolFormatError(
+                    f"{self._pool_path}: damaged pool: its image shard {path} is unreadable ({e})"
                 ) from None
             self._files[s.name] = f
         return f[IMAGES]
@@ -182,15 +196,24 @@ class PoolReader:
             self.num_classes = int(f.attrs["num_classes"])
             self.class_names: list[str] = json.loads(f.attrs["class_names"])
             self.generation = int(f.attrs["generation"])
+            pool_id = f.attrs.get("pool_id")  # absent in pools made before ids existed
+            self.pool_id: str | None = None if pool_id is None else str(pool_id)
             self.meta: dict[str, Any] = json.loads(f.attrs.get("meta", "{}"))
             self._pool_shards = _shards_from_attr(f.attrs.get("pool_shards", "[]"))
             self._test_shards = _shards_from_attr(f.attrs.get("test_shards", "[]"))
+            # SHA-256 of each shard file (absent in pools made before checksums existed)
+            self.shard_sha256: dict[str, str] = dict(json.loads(f.attrs.get("shard_sha256", "{}")))
             self.fields = {name: f["pool"][name][()] for name in ROW_FIELDS}
             self._has_truth = "truth" in f["pool"]
             self.test_labels = f["test/label"][()] if "test" in f else np.zeros(0, np.int32)
             self._rounds = [json.loads(s) for s in f["log/rounds"].asstr()[()]]
         except KeyError as e:
             raise PoolFormatError(f"{self.path}: damaged pool, missing {e}") from None
+        except (ValueError, TypeError) as e:  # garbage in an attribute (JSON, numbers)
+            raise PoolFormatError(
+                f"{self.path}: damaged pool, an attribute does not parse ({e}); "
+                "run `dgaal pool check` for details"
+            ) from None
         n = sum(s.rows for s in self._pool_shards)
         for name, arr in self.fields.items():
             if arr.shape != (n,):
@@ -309,6 +332,7 @@ class PoolReader:
             "per_class": per_class,
             "rounds": self.rounds(),
             "generation": self.generation,
+            "pool_id": self.pool_id,
             "file_bytes": int(sum(p.stat().st_size for p in files if p.exists())),
         }
 

@@ -2,8 +2,8 @@
 
 Atomicity, without a journal (HDF5 has none):
 
-1. new images go to a *new* shard file (``pools.shards/pool-<uuid>.h5``), written completely and
-   fsynced; shards are never modified after that;
+1. new images go to a *new* shard file (``pools.shards/pool-<pool id>-<uuid>.h5``), written
+   completely and fsynced; shards are never modified after that;
 2. the small index ``pools.h5`` (labels, states, origins, round log, the list of shards) is written
    whole to ``pools.h5.tmp-<pid>``, fsynced, and ``os.replace``d over the old one; the folder is
    fsynced.
@@ -11,6 +11,16 @@ Atomicity, without a journal (HDF5 has none):
 A crash (kill -9) at any instant leaves the old index or the new one, each complete, and at worst
 an orphan shard or temp file, which the next writer deletes under the lock. An update rewrites
 only the index (about 20 bytes per image), never the images.
+
+Every pool has an id (root attribute ``pool_id``) that is part of each of its shard names, and
+orphan removal deletes only unreferenced shards carrying that id: pools whose names share a stem
+(``pools.h5`` and ``pools.hdf5``) share the shard folder, and must never delete each other's
+shards. A pool made before ids existed gets one at its next commit; its old, untagged orphans
+are left alone (whose they are cannot be told).
+
+A ``pool create`` (``--force`` over an existing pool, too) writes its shards under a new id that
+only its final index publishes; it names that id in the lock info, so if it is killed, the next
+holder of the lock finds the id there and deletes those shards, which nothing else would.
 
 Writers take an exclusive lock (``pools.h5.lock``, flock based, released by the OS when a holder
 dies); ``pools.h5.lock.json`` names the holder so a second writer gets a useful message.
@@ -35,7 +45,7 @@ import h5py
 import numpy as np
 
 from .errors import PoolExistsError, PoolFormatError, PoolLockedError, PoolUpdateError
-from .pool import PoolReader, Shard
+from .pool import PoolReader, Shard, file_sha256
 from .schema import (
     FORMAT,
     IMAGE_DTYPE,
@@ -47,6 +57,7 @@ from .schema import (
     State,
     chunk_rows,
     lock_path,
+    owns_shard,
     shard_dir,
 )
 
@@ -61,28 +72,38 @@ def _fsync_path(path: Path) -> None:
         os.close(fd)
 
 
-def _new_shard_name(kind: str) -> str:
-    return f"{kind}-{uuid.uuid4().hex[:16]}.h5"
+def new_pool_id() -> str:
+    """A fresh pool id: 16 hex digits."""
+    return uuid.uuid4().hex[:16]
+
+
+def _new_shard_name(kind: str, pool_id: str) -> str:
+    return f"{kind}-{pool_id}-{uuid.uuid4().hex[:16]}.h5"
 
 
 class _ShardWriter:
     """Writes one new, growable image shard; :meth:`close` flushes and fsyncs it."""
 
-    def __init__(self, pool_path: Path, kind: str, image_shape: tuple[int, int, int]):
+    def __init__(self, pool_path: Path, kind: str, image_shape: tuple[int, int, int], pool_id: str):
         folder = shard_dir(pool_path)
         folder.mkdir(parents=True, exist_ok=True)
-        self.name = _new_shard_name(kind)
+        self.name = _new_shard_name(kind, pool_id)
         self.path = folder / self.name
         self.image_shape = image_shape
         self.rows = 0
+        self.sha256 = ""  # set by close(): the finished file's checksum, kept in the index
         self._f = h5py.File(self.path, "w", locking=False)
-        self._ds = self._f.create_dataset(
-            IMAGES,
-            shape=(0, *image_shape),
-            maxshape=(None, *image_shape),
-            dtype=IMAGE_DTYPE,
-            chunks=(chunk_rows(image_shape), *image_shape),
-        )
+        try:
+            self._ds = self._f.create_dataset(
+                IMAGES,
+                shape=(0, *image_shape),
+                maxshape=(None, *image_shape),
+                dtype=IMAGE_DTYPE,
+                chunks=(chunk_rows(image_shape), *image_shape),
+            )
+        except BaseException:
+            self.discard()
+            raise
 
     def append(self, images: np.ndarray) -> None:
         if images.dtype != IMAGE_DTYPE or tuple(images.shape[1:]) != self.image_shape:
@@ -100,6 +121,7 @@ class _ShardWriter:
             self._f.flush()
             self._f.close()
             _fsync_path(self.path)
+            self.sha256 = file_sha256(self.path)
 
     def discard(self) -> None:
         if self._f.id.valid:
@@ -122,6 +144,8 @@ class _Index:
     meta: dict[str, Any] = field(default_factory=dict)
     generation: int = 0
     created: str = ""
+    pool_id: str = field(default_factory=new_pool_id)
+    checksums: dict[str, str] = field(default_factory=dict)  # shard name -> SHA-256
 
     @property
     def num_rows(self) -> int:
@@ -160,10 +184,12 @@ def _write_index(path: Path, ix: _Index) -> None:
         f.attrs["num_classes"] = len(ix.class_names)
         f.attrs["class_names"] = json.dumps(ix.class_names)
         f.attrs["generation"] = ix.generation
+        f.attrs["pool_id"] = ix.pool_id
         f.attrs["created"] = ix.created
         f.attrs["meta"] = json.dumps(ix.meta)
         f.attrs["pool_shards"] = json.dumps(ix.pool_shards)
         f.attrs["test_shards"] = json.dumps(ix.test_shards)
+        f.attrs["shard_sha256"] = json.dumps(ix.checksums)
         g = f.create_group("pool")
         for name, (dtype, _) in ROW_FIELDS.items():
             g.create_dataset(name, data=np.asarray(ix.fields[name], dtype=dtype))
@@ -201,14 +227,18 @@ def _load_index(path: Path) -> _Index:
             meta=dict(r.meta),
             generation=r.generation,
             created=str(r.meta.get("created", "")),
+            pool_id=r.pool_id or new_pool_id(),  # a pool made before ids gets one now
+            checksums=dict(r.shard_sha256),
         )
 
 
 class _WriterLock:
     """Exclusive writer lock of one pool; names its holder in ``<lock>.json``."""
 
-    def __init__(self, pool_path: Path, purpose: str, timeout: float):
+    def __init__(self, pool_path: Path, purpose: str, timeout: float, creating: str | None = None):
         self.pool_path = pool_path
+        self.creating = creating  # the id of a pool being created (its shards are unpublished)
+        self.stale: dict[str, Any] = {}  # the info a holder that died left behind
         self.path = lock_path(pool_path)
         self.info_path = self.path.with_name(self.path.name + ".json")
         self.purpose = purpose
@@ -224,7 +254,12 @@ class _WriterLock:
                 f"{self.pool_path} is being written by {self._holder()}; "
                 "wait for it to finish (or stop it) and try again"
             ) from None
+        try:  # we hold the lock: an info file still there was left by a holder that died
+            self.stale = dict(json.loads(self.info_path.read_text()))
+        except (OSError, ValueError, TypeError):
+            self.stale = {}
         info = {
+            "creating": self.creating,
             "pid": os.getpid(),
             "host": socket.gethostname(),
             "purpose": self.purpose,
@@ -245,15 +280,45 @@ class _WriterLock:
         self._lock.release()
 
 
-def _remove_orphans(pool_path: Path, keep: set[str]) -> None:
-    """Delete shards no index references and temp index files (call under the writer lock)."""
+def _remove_orphans(pool_path: Path, pool_id: str, keep: set[str]) -> list[Path]:
+    """Delete this pool's shards that its index does not reference, and its temp index files
+    (call under the writer lock); returns what was deleted. Shards of other pools sharing the
+    folder are never touched."""
     folder = shard_dir(pool_path)
+    gone: list[Path] = []
     if folder.is_dir():
-        for p in folder.glob("*.h5"):
-            if p.name not in keep:
-                p.unlink(missing_ok=True)
-    for p in pool_path.parent.glob(f"{pool_path.name}.tmp-*"):
+        gone += [
+            p for p in folder.glob("*.h5") if p.name not in keep and owns_shard(pool_id, p.name)
+        ]
+    gone += list(pool_path.parent.glob(f"{pool_path.name}.tmp-*"))
+    for p in gone:
         p.unlink(missing_ok=True)
+    return sorted(gone)
+
+
+def _remove_dead_create(pool_path: Path, stale: dict[str, Any], current: str | None) -> list[Path]:
+    """Delete the shards of a ``pool create`` that died holding this pool's lock (call under the
+    lock). Its pool id was never published, so no writer would ever delete them otherwise;
+    ``stale`` is the lock info it left, ``current`` the id of the pool now at ``pool_path`` (if
+    that create got as far as publishing its index, its shards are the pool's)."""
+    dead = stale.get("creating")
+    folder = shard_dir(pool_path)
+    if not isinstance(dead, str) or not dead or dead == current or not folder.is_dir():
+        return []
+    gone = sorted(p for p in folder.glob("*.h5") if owns_shard(dead, p.name))
+    for p in gone:
+        p.unlink(missing_ok=True)
+    return gone
+
+
+def _shards_of(path: Path) -> tuple[str | None, set[str]]:
+    """The id and shard names of the pool at ``path`` (none if it is not a readable pool)."""
+    try:
+        with PoolReader(path) as r:
+            names = {s.name for s in r._pool_shards} | {s.name for s in r._test_shards}
+            return r.pool_id, names
+    except PoolFormatError:
+        return None, set()
 
 
 def _purpose() -> str:
@@ -310,16 +375,19 @@ class PoolBuilder:
     ):
         self.path = Path(path)
         self.image_shape = tuple(int(v) for v in image_shape)
-        if len(self.image_shape) != 3 or self.image_shape[2] not in (1, 3):
-            raise PoolUpdateError(f"image shape must be (H, W, 1|3), got {self.image_shape}")
+        shape = self.image_shape
+        if len(shape) != 3 or shape[2] not in (1, 3) or min(shape) < 1:
+            raise PoolUpdateError(f"image shape must be (H, W, 1|3) with H, W >= 1, got {shape}")
         self.class_names = [str(c) for c in class_names]
         self.force = force
         self._truth: list[np.ndarray] = []
         self._test_labels: list[np.ndarray] = []
-        self._lock = _WriterLock(self.path, _purpose(), timeout=0)
+        self.pool_id = new_pool_id()
+        self._lock = _WriterLock(self.path, _purpose(), timeout=0, creating=self.pool_id)
         self._pool: _ShardWriter | None = None
         self._test: _ShardWriter | None = None
         self._done = False
+        self._replaced: tuple[str | None, set[str]] = (None, set())  # a --force'd pool's shards
 
     def __enter__(self) -> PoolBuilder:
         if self.path.exists() and not self.force:
@@ -327,9 +395,12 @@ class PoolBuilder:
         self._folder_existed = shard_dir(self.path).exists()
         self._lock.__enter__()
         try:
-            self._pool = _ShardWriter(self.path, "pool", self.image_shape)  # type: ignore[arg-type]
+            if self.path.exists():
+                self._replaced = _shards_of(self.path)
+            _remove_dead_create(self.path, self._lock.stale, self._replaced[0])
+            self._pool = _ShardWriter(self.path, "pool", self.image_shape, self.pool_id)  # type: ignore[arg-type]
         except BaseException:
-            self._lock.__exit__()
+            self._release()
             raise
         return self
 
@@ -356,7 +427,7 @@ class PoolBuilder:
     def add_test(self, images: np.ndarray, labels: np.ndarray) -> None:
         """Append labelled test-split images."""
         if self._test is None:
-            self._test = _ShardWriter(self.path, "test", self.image_shape)  # type: ignore[arg-type]
+            self._test = _ShardWriter(self.path, "test", self.image_shape, self.pool_id)  # type: ignore[arg-type]
         self._test_labels.append(self._check_labels(labels, images.shape[0], "test"))
         self._test.append(images)
 
@@ -387,6 +458,7 @@ class PoolBuilder:
         if self._test is not None:
             self._test.close()
         created = time.strftime("%Y-%m-%dT%H:%M:%S")
+        sums = {w.name: w.sha256 for w in (self._pool, self._test) if w is not None}
         ix = _Index(
             image_shape=self.image_shape,  # type: ignore[arg-type]
             class_names=self.class_names,
@@ -398,10 +470,17 @@ class PoolBuilder:
             meta={"created": created, **(meta or {})},
             generation=1,
             created=created,
+            pool_id=self.pool_id,
+            checksums=sums,
         )
         _write_index(self.path, ix)
         self._done = True
-        _remove_orphans(self.path, ix.referenced())  # e.g. the shards of a replaced pool
+        _remove_orphans(self.path, self.pool_id, ix.referenced())
+        old_id, old_shards = self._replaced  # the pool that --force replaced: all of its shards
+        for name in old_shards - ix.referenced():
+            (shard_dir(self.path) / name).unlink(missing_ok=True)
+        if old_id is not None:
+            _remove_orphans(self.path, old_id, ix.referenced())
 
     def __exit__(self, exc_type: object, *exc: object) -> None:
         try:
@@ -413,7 +492,13 @@ class PoolBuilder:
                     with contextlib.suppress(OSError):
                         shard_dir(self.path).rmdir()
         finally:
-            self._lock.__exit__()
+            self._release()
+
+    def _release(self) -> None:
+        """Release the lock; a creation that made no pool leaves no lock file either."""
+        self._lock.__exit__()
+        if not self._done and not self.path.exists():
+            self._lock.path.unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -430,6 +515,7 @@ class PoolWriter:
         self._lock = _WriterLock(self.path, purpose or _purpose(), lock_timeout)
         self._staged: list[_ShardWriter] = []
         self._ix: _Index | None = None
+        self.orphans_removed: list[Path] = []  # what opening the writer cleaned up
 
     def __enter__(self) -> PoolWriter:
         if not self.path.exists():
@@ -437,7 +523,9 @@ class PoolWriter:
         self._lock.__enter__()
         try:
             self._ix = _load_index(self.path)
-            _remove_orphans(self.path, self._ix.referenced())
+            self.orphans_removed = _remove_orphans(
+                self.path, self._ix.pool_id, self._ix.referenced()
+            ) + _remove_dead_create(self.path, self._lock.stale, self._ix.pool_id)
         except BaseException:
             self._lock.__exit__()
             raise
@@ -502,6 +590,11 @@ class PoolWriter:
             raise PoolUpdateError(f"labels must be {ids.size} values in [0, {k - 1}]")
         self.index.fields["label"][ids] = labels
 
+    def forget_labels(self, ids: np.ndarray | Sequence[int]) -> None:
+        """Make the labels of ``ids`` unknown again (``-1``), e.g. when a round is abandoned."""
+        ids = self._check_ids(np.asarray(ids))
+        self.index.fields["label"][ids] = -1
+
     def append(
         self,
         images: np.ndarray,
@@ -517,7 +610,7 @@ class PoolWriter:
         """
         ix = self.index
         n = int(images.shape[0])
-        shard = _ShardWriter(self.path, "pool", ix.image_shape)
+        shard = _ShardWriter(self.path, "pool", ix.image_shape, ix.pool_id)
         self._staged.append(shard)
         shard.append(images)
         shard.close()
@@ -538,6 +631,7 @@ class PoolWriter:
         if ix.truth is not None:  # generated rows inherit nothing hidden: truth unknown
             ix.truth = np.concatenate([ix.truth, np.full(n, -1, TRUTH_DTYPE)])
         ix.pool_shards.append((shard.name, n))
+        ix.checksums[shard.name] = shard.sha256
         return np.arange(first, first + n, dtype=np.int64)
 
     def append_round(self, record: dict[str, Any]) -> None:

@@ -38,9 +38,9 @@ import numpy as np
 from .checkpoint import load_checkpoint, save_checkpoint, trainer_from_checkpoint
 from .config import RunConfig, derive_seed
 from .data import ArraySource
-from .errors import DgaalError, EmptyPoolError
+from .errors import DgaalError, EmptyPoolError, PoolExhaustedError
 from .models import build_task_model
-from .oracle import read_answers, simulated_answers, write_query_package
+from .oracle import simulated_answers, write_query_package
 from .pool import PoolReader
 from .pool_writer import PoolWriter
 from .round_parts import (
@@ -64,7 +64,7 @@ from .strategies import (
     strategy_spec,
 )
 from .task import evaluate_task, train_task
-from .training import DGAALTrainer
+from .training import DGAALTrainer, resolve_device
 
 Log = Callable[[str], None]
 
@@ -194,15 +194,39 @@ class Round:
         train_task(task, labelled, run.train, rng, progress=self.progress)
         return task
 
+    def _check_budget(self, reader: PoolReader, *, say: bool = True) -> int:
+        """The number of images to select, checked against the candidates left before the
+        round writes anything: more than are left is refused unless ``take_all`` asks for all
+        of them (an explicit choice: it ends the pool's supply of real candidates)."""
+        left = int(np.sum(reader.states == State.UNLABELLED))
+        if left == 0:
+            raise EmptyPoolError(f"{self.pool_path}: no candidates left; the pool is exhausted")
+        if strategy_spec(self.config.strategy).needs_gan and not np.any(
+            reader.states == State.LABELLED
+        ):
+            raise EmptyPoolError(
+                f"{self.pool_path}: no labelled images, and strategy '{self.config.strategy}' "
+                "trains on labelled and unlabelled ones; create the pool with --initial above 0"
+            )
+        real_rows = int(np.sum(reader.fields["origin"] == Origin.REAL))
+        wanted = self.config.budget_count(real_rows)
+        if wanted <= left:
+            return wanted
+        if not self.config.take_all:
+            budget = self.config.budget
+            asked = f"{int(budget)}" if budget >= 1 else f"{budget:g} ({wanted} images)"
+            raise PoolExhaustedError(
+                f"--budget {asked} is more than the {left} candidates left in {self.pool_path}; "
+                f"give --budget {left} or less, or --take-all to label all of them"
+            )
+        if say:
+            self.log(f"budget {wanted} > {left} candidates left: taking them all (take_all)")
+        return left
+
     def _select(self, n: int, reader: PoolReader, trainer: DGAALTrainer, rdir: Path) -> np.ndarray:
         spec = strategy_spec(self.config.strategy)
         candidates = reader.ids(State.UNLABELLED)
-        if candidates.size == 0:
-            raise EmptyPoolError(f"{self.pool_path}: no candidates left; the pool is exhausted")
-        real_rows = int(np.sum(reader.fields["origin"] == Origin.REAL))
-        budget = min(self.config.budget_count(real_rows), candidates.size)
-        if self.config.budget_count(real_rows) > candidates.size:
-            self.log(f"budget > {candidates.size} candidates left: taking them all")
+        budget = self._check_budget(reader)
         t0 = time.perf_counter()
         if spec.source == "d1":
             picked = self._select_d1(n, reader, trainer, rdir, candidates, budget)
@@ -268,6 +292,7 @@ class Round:
             "round": n,
             "config": self.config.to_dict(),
             "selected": picked.tolist(),
+            "queried": need.tolist(),  # the rows a person or the simulated oracle answers
             "oracle_queries": int(need.size),
             "free_labels": int(free.size),
             "oracle": oracle,
@@ -427,6 +452,8 @@ class Round:
         """
         self._served, self._run_cfg, self._coevolved = None, None, None  # fresh per run
         self._diagnostics = {}
+        if self.workdir.exists() and not self.workdir.is_dir():
+            raise DgaalError(f"--workdir {self.workdir}: exists and is not a folder")
         with PoolWriter(self.pool_path, purpose="dgaal round") as w:
             self._w = w
             try:
@@ -451,6 +478,10 @@ class Round:
                 )
             self.log(f"resuming round {n} after phase '{pending['phase']}'")
         else:
+            with self._reader() as r:  # refuse bad settings before anything is written
+                self._check_budget(r, say=False)
+                run = self._run_config(r.image_shape, r.num_classes)
+            resolve_device(run.train.device)  # --device cuda without a GPU
             rdir.mkdir(parents=True, exist_ok=True)
             with self._reader() as r:
                 trainer = self._train(n, r, rdir)
@@ -475,23 +506,3 @@ class Round:
             with self._reader() as r:
                 pending = r.meta["pending_round"]
         return self._task(n, pending, rdir)
-
-
-def apply_answers(pool_path: Path, answers_csv: Path) -> dict[str, int]:
-    """``dgaal label``: import a person's answers for queried rows of the pending round.
-
-    Everything is validated before anything is written (see :func:`~dgaal_core.oracle.
-    read_answers`). When no queried row is left, the pending round moves on to phase
-    ``selected`` and the next ``dgaal round`` finishes it.
-    """
-    with PoolWriter(pool_path, purpose="dgaal label") as w, PoolReader(pool_path) as r:
-        ids, labels = read_answers(Path(answers_csv), r)
-        pending = r.meta.get("pending_round") or {}
-        n = int(pending.get("round", len(r.rounds()) + 1))
-        w.set_labels(ids, labels)
-        w.set_state(ids, State.LABELLED, round_no=n)
-        left = int(np.sum(w.field("state") == State.QUERIED))
-        if pending and left == 0:
-            w.update_meta(pending_round={**pending, "phase": "selected"})
-        w.commit()
-    return {"answered": int(ids.size), "still_queried": left, "round": n}

@@ -3,8 +3,8 @@
 Layout on disk (``pools.h5`` plus a shard folder beside it)::
 
     pools.h5                      small index file, rewritten whole and atomically per commit
-    pools.shards/pool-<id>.h5     append-only image shards ("images" uint8 [n, H, W, C])
-    pools.shards/test-<id>.h5     the test split's images
+    pools.shards/pool-<pool_id>-<id>.h5   append-only image shards ("images" uint8 [n, H, W, C])
+    pools.shards/test-<pool_id>-<id>.h5   the test split's images
     pools.h5.lock                 writer lock (flock); pools.h5.lock.json names the holder
 
 Inside ``pools.h5``, ``pool/images`` and ``test/images`` are HDF5 *virtual datasets* over the
@@ -56,6 +56,14 @@ IMAGE_DTYPE = np.dtype(np.uint8)
 
 IMAGES = "images"  # dataset name inside a shard
 SHARD_ROWS_PER_CHUNK_BYTES = 1 << 20  # aim for ~1 MiB HDF5 chunks along N
+
+
+SHARD_KINDS = ("pool", "test")  # shard names: <kind>-<pool_id>-<16 hex>.h5
+
+
+def owns_shard(pool_id: str, name: str) -> bool:
+    """Whether the shard file ``name`` was written for the pool ``pool_id``."""
+    return any(name.startswith(f"{kind}-{pool_id}-") for kind in SHARD_KINDS)
 
 
 def shard_dir(pool_path: Path) -> Path:

@@ -128,6 +128,24 @@ def test_bad_inputs_give_one_line_and_write_nothing(tmp_path: Path) -> None:
     assert_one_line_error(code, err, "out.h5", "not an HDF5 file")
 
 
+def test_a_new_pool_beside_another_with_the_same_stem_keeps_both(tmp_path: Path) -> None:
+    first, second = tmp_path / "pools.h5", tmp_path / "pools.hdf5"  # both use pools.shards/
+    assert dgaal("pool", "create", first, "--from", "digits")[0] == 0
+    x = np.random.default_rng(0).integers(0, 256, (30, 5, 5, 3), dtype=np.uint8)
+    np.savez(tmp_path / "other.npz", x_train=x, y_train=np.arange(30) % 3)
+    code, _, err = dgaal("pool", "create", second, "--from", "npz", tmp_path / "other.npz")
+    assert code == 0, err
+    for path, rows in ((first, 1438), (second, 30)):
+        code, stdout, err = dgaal("pool", "info", path, "--json")
+        assert code == 0, err
+        assert json.loads(stdout)["images"] == rows
+        with PoolReader(path) as r:
+            r.check_shards()
+            assert r.read_images(np.arange(rows)).shape[0] == rows
+    with PoolReader(second) as r:
+        np.testing.assert_array_equal(r.read_images(np.arange(30)), x)
+
+
 def test_info_prints_rounds(tmp_path: Path) -> None:
     from dgaal_core.pool_writer import PoolWriter
 

@@ -99,6 +99,7 @@ def test_two_rounds_with_the_simulated_oracle(pool):
         == rounds[0]["oracle_queries"] + rounds[1]["oracle_queries"]
     )
     check_pool_invariants(pool)
+    assert "pool OK" in dgaal("pool", "check", str(pool)).stdout  # real rounds pass the check
     work = pool.with_name("pools.dgaal")
     for n in (1, 2):
         names = {p.name for p in (work / f"round-{n:04d}").iterdir()}
@@ -108,6 +109,7 @@ def test_two_rounds_with_the_simulated_oracle(pool):
 def test_human_oracle_round_label_round(pool, tmp_path):
     out = dgaal("round", "--pool", str(pool), "--oracle", "human", *FAST).stdout
     assert "images to label" in out
+    assert "waits for 40 answers" in dgaal("pool", "check", str(pool)).stdout
     st = info(pool)
     assert st["queried"] == 40 and st["labelled"] == 144
     queries = pool.with_name("pools.dgaal") / "round-0001" / "queries"
@@ -130,13 +132,65 @@ def test_human_oracle_round_label_round(pool, tmp_path):
         w = csv.writer(fh)
         w.writerow(["id", "suggested_label", "label"])
         w.writerows((r["id"], r["suggested_label"], int(truth[int(r["id"])])) for r in rows)
-    out = dgaal("label", "--pool", str(pool), str(answers)).stdout
-    assert "40 answers imported" in out
+    killed_labels_leave_old_or_new(pool, answers, truth, tmp_path)  # ends with every answer
     dgaal("round", "--pool", str(pool), *FAST)
     done = info(pool)
     assert done["queried"] == 0 and done["labelled"] == 184 and done["generated"] == 40
     assert done["rounds"][0]["oracle"] == "human" and done["rounds"][0]["oracle_queries"] == 40
     check_pool_invariants(pool)
+    assert "pool OK" in dgaal("pool", "check", str(pool)).stdout
+
+
+def _rows(path: Path) -> tuple:
+    with PoolReader(path) as r:
+        return r.labels.copy(), r.states.copy(), r.fields["round"].copy(), r.meta, r.generation
+
+
+def killed_labels_leave_old_or_new(pool: Path, answers: Path, truth: np.ndarray, tmp: Path):
+    """``dgaal label`` killed at random moments (on copies of the pool, then on the pool): each
+    time the pool is unchanged or has every answer, and the next ``dgaal label`` works."""
+    before = _rows(pool)
+    asked = np.flatnonzero(before[1] == State.QUERIED)
+    copies = [tmp / f"copy{k}.h5" for k in range(4)]
+    outcomes: list[str] = []
+    for k, path in enumerate([*copies, pool]):
+        if path != pool:
+            shutil.copy(pool, path)
+            shutil.copytree(pool.with_name("pools.shards"), path.with_name(f"copy{k}.shards"))
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(
+            [DGAAL, "label", "--pool", str(path), str(answers)],
+            env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        lock_info = path.with_name(path.name + ".lock.json")  # there while it holds the lock
+        while proc.poll() is None and not lock_info.exists() and k % 2 == 0:
+            time.sleep(0.002)
+        t_lock = time.perf_counter()
+        if k == 0:  # the first runs to the end: how long one takes here, and after the lock
+            assert proc.wait(timeout=60) == 0
+            took, locked = time.perf_counter() - t0, time.perf_counter() - t_lock
+        # odd trials: at any moment; even ones: while it holds the lock (reads, commits)
+        delay = (locked if k % 2 == 0 else took) * float(np.random.default_rng(k).uniform())
+        try:
+            proc.wait(timeout=delay)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        proc.wait()
+        labels, states, rounds, meta, generation = _rows(path)
+        outcomes.append("old" if generation == before[4] else "new")
+        if generation == before[4]:  # no commit: labels, states and the pending round as before
+            np.testing.assert_array_equal(labels, before[0])
+            np.testing.assert_array_equal(states, before[1])
+            assert meta == before[3]
+            again = dgaal("label", "--pool", str(path), str(answers))
+            assert "40 answers imported" in again.stdout
+            labels, states, rounds, meta, _ = _rows(path)
+        # every answer, as one commit: labelled in round 1, the round ready to go on
+        np.testing.assert_array_equal(labels[asked], truth[asked])
+        assert (states[asked] == State.LABELLED).all() and (rounds[asked] == 1).all()
+        assert meta["pending_round"]["phase"] == "selected"
+        assert "pool OK" in dgaal("pool", "check", str(path)).stdout
+    assert "old" in outcomes, "every label finished before its kill: nothing was tested"
 
 
 def test_a_second_round_on_the_same_pool_fails_at_once(pool):

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import h5py
@@ -18,7 +21,8 @@ from dgaal_core.errors import (
     PoolLockedError,
     PoolUpdateError,
 )
-from dgaal_core.pool import PoolReader
+from dgaal_core.pool import PoolReader, file_sha256
+from dgaal_core.pool_check import check_pool
 from dgaal_core.pool_writer import PoolBuilder, PoolWriter, choose_initial
 from dgaal_core.schema import FORMAT, VERSION, Origin, State, shard_dir
 
@@ -151,6 +155,52 @@ def test_create_refuses_existing_pool_unless_forced_and_cleans_old_shards(tmp_pa
     assert not old & {p.name for p in shard_dir(path).iterdir()}
 
 
+def test_pools_sharing_a_shard_folder_never_delete_each_others_shards(tmp_path):
+    a, b = tmp_path / "pools.h5", tmp_path / "pools.hdf5"  # one stem: one pools.shards/
+    images_a, _ = make_pool(a, n=50, seed=1)
+    images_b, _ = make_pool(b, n=70, seed=2)
+    with PoolWriter(a) as w:  # a writer of one pool removes orphans: only its own
+        w.append(images_a[:3], parents=np.arange(3))
+        w.commit()
+    with PoolReader(a) as ra, PoolReader(b) as rb:
+        assert ra.pool_id != rb.pool_id
+        ra.check_shards()
+        rb.check_shards()
+        np.testing.assert_array_equal(ra.read_images(np.arange(50)), images_a)
+        np.testing.assert_array_equal(rb.read_images(np.arange(70)), images_b)
+    # --force replaces a pool and removes its shards, not the neighbour's
+    with PoolBuilder(a, (8, 8, 1), CLASSES, force=True) as builder:
+        builder.add(np.zeros((5, 8, 8, 1), np.uint8))
+        builder.finish()
+    with PoolReader(a) as ra, PoolReader(b) as rb:
+        assert ra.num_rows == 5
+        rb.check_shards()
+        np.testing.assert_array_equal(rb.read_images(np.arange(70)), images_b)
+        mine = {s.name for s in ra._pool_shards} | {s.name for s in rb._pool_shards}
+        mine |= {s.name for s in rb._test_shards}
+    assert {p.name for p in shard_dir(a).iterdir()} == mine
+
+
+def test_a_pool_made_before_pool_ids_stays_readable_and_gets_an_id(tmp_path):
+    path = tmp_path / "p.h5"
+    images, _ = make_pool(path, n=30, test=0)
+    with h5py.File(path, "a") as f:  # as written before ids existed
+        del f.attrs["pool_id"]
+    stray = shard_dir(path) / "pool-0123456789abcdef.h5"  # an old, untagged orphan: whose?
+    stray.write_bytes(b"")
+    with PoolReader(path) as r:
+        assert r.pool_id is None
+        np.testing.assert_array_equal(r.read_images(np.arange(30)), images)
+    with PoolWriter(path) as w:
+        w.append(images[:2], parents=np.arange(2))
+        w.commit()
+    with PoolReader(path) as r:
+        assert r.pool_id is not None and r.num_rows == 32
+        r.check_shards()
+        assert r._pool_shards[-1].name.startswith(f"pool-{r.pool_id}-")
+    assert stray.exists()
+
+
 def test_failed_create_leaves_nothing(tmp_path):
     path = tmp_path / "p.h5"
     with pytest.raises(PoolUpdateError), PoolBuilder(path, (8, 8, 1), CLASSES) as b:
@@ -276,3 +326,93 @@ def test_second_writer_fails_at_once_naming_the_holder_and_readers_still_read(tm
         proc.wait()
     with PoolWriter(path) as w:  # the OS released the dead holder's lock
         w.commit()
+
+
+def test_garbage_in_an_attribute_is_a_named_error_and_shards_carry_checksums(tmp_path):
+    path = tmp_path / "p.h5"
+    make_pool(path, n=30, test=0)
+    with PoolWriter(path) as w:
+        w.append(np.zeros((2, 8, 8, 1), np.uint8), parents=np.arange(2))
+        w.commit()
+    with PoolReader(path) as r:  # every shard is sealed with its SHA-256 when written
+        names = [s.name for s in r._pool_shards]
+        assert len(names) == 2 and sorted(r.shard_sha256) == sorted(names)
+        assert r.shard_sha256[names[1]] == file_sha256(shard_dir(path) / names[1])
+    with h5py.File(path, "a") as f:
+        f.attrs["meta"] = "{not json"
+    with pytest.raises(PoolFormatError, match="does not parse"):
+        PoolReader(path)
+
+
+DGAAL = shutil.which("dgaal", path=str(Path(sys.executable).parent)) or "dgaal"
+
+
+def _seen(path: Path) -> tuple:
+    """What a user of the pool at ``path`` sees: its id, ``pool info --json``, every image."""
+    with PoolReader(path) as r:
+        r.check_shards()
+        return r.pool_id, r.summary(), r.read_images(np.arange(r.num_rows)), r.read_test()[0]
+
+
+def test_kill_9_during_create_force_keeps_the_old_pool_until_the_new_one_is_complete(tmp_path):
+    new = np.random.default_rng(1).integers(0, 256, (100_000, 8, 8, 3), dtype=np.uint8)
+    np.savez(tmp_path / "new.npz", x_train=new, y_train=np.arange(100_000) % 10)
+    path = tmp_path / "p.h5"
+    make_pool(path, n=300)
+
+    def create(out: Path) -> subprocess.Popen:
+        args = ["pool", "create", str(out), "--from", "npz", str(tmp_path / "new.npz"), "--force"]
+        return subprocess.Popen(
+            [DGAAL, *args, "--batch-size", "512"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
+
+    def writing(proc: subprocess.Popen, folder: Path) -> float:
+        """Wait until ``proc`` has started a new shard in ``folder``; returns the time then."""
+        known = {p.name for p in folder.iterdir()} if folder.exists() else set()
+        while proc.poll() is None:
+            if folder.exists() and {p.name for p in folder.iterdir()} - known:
+                break
+            time.sleep(0.002)
+        return time.perf_counter()
+
+    t0 = time.perf_counter()  # how long one create takes here, and how long it writes
+    proc = create(tmp_path / "timing.h5")
+    t_write = writing(proc, shard_dir(tmp_path / "timing.h5"))
+    assert proc.wait(timeout=120) == 0
+    took, writes = time.perf_counter() - t0, time.perf_counter() - t_write
+    rng = np.random.default_rng(0)
+    outcomes = []
+    for trial in range(6):
+        before = _seen(path)
+        proc = create(path)
+        if trial < 2:  # at any moment
+            delay = float(rng.uniform(0.0, 1.0)) * took
+        else:  # while it writes its shard: the moment that matters
+            writing(proc, shard_dir(path))
+            delay = float(rng.uniform(0.0, 1.0)) * writes
+        try:
+            proc.wait(timeout=delay)
+        except subprocess.TimeoutExpired:
+            proc.kill()  # SIGKILL: no cleanup
+        proc.wait()
+        after = _seen(path)
+        if after[0] == before[0]:  # the old pool, exactly as it was
+            assert after[1] == before[1]
+            np.testing.assert_array_equal(after[2], before[2])
+            np.testing.assert_array_equal(after[3], before[3])
+            outcomes.append("old")
+        else:  # or the new one, complete
+            assert after[1]["images"] == 100_000
+            np.testing.assert_array_equal(after[2], new)
+            outcomes.append("new")
+        damaged = [f for f in check_pool(path) if f.damaged and f.check != "orphans"]
+        assert not damaged, damaged
+    assert "old" in outcomes, "every create finished: the test did not test anything"
+    with PoolWriter(path) as w:  # the next writer works on whichever it is, and deletes the
+        w.commit()  # shards a killed create left (their id was never published)
+    with PoolReader(path) as r:
+        mine = {s.name for s in r._pool_shards} | {s.name for s in r._test_shards}
+    assert {p.name for p in shard_dir(path).iterdir()} == mine

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from pools import class_images
 
-from dgaal_core.errors import EmptyPoolError
+from dgaal_core.errors import EmptyPoolError, PoolExhaustedError
 from dgaal_core.pool import PoolReader
 from dgaal_core.pool_writer import PoolBuilder, PoolWriter
 from dgaal_core.round import Round
@@ -97,14 +97,18 @@ def test_augment_ratio_puts_generated_copies_into_the_labelled_set(tmp_path):
         assert rec["labelled"] == 24 + 10 + 10
 
 
-def test_budget_beyond_the_candidates_takes_the_rest_then_stops_clearly(tmp_path):
+def test_budget_beyond_the_candidates_is_refused_or_takes_the_rest_then_stops_clearly(tmp_path):
     path = tmp_path / "p.h5"
     tiny_pool(path)
     with PoolWriter(path) as w:  # leave 5 candidates
         cand = np.flatnonzero(w.field("state") == State.UNLABELLED)
         w.set_state(cand[5:], State.EXCLUDED)
         w.commit()
-    rec = run_round(path, strategy="random", budget=50)
+    before = path.read_bytes()
+    with pytest.raises(PoolExhaustedError, match="more than the 5 candidates left"):
+        run_round(path, strategy="random", budget=50)
+    assert path.read_bytes() == before and not (tmp_path / "p.dgaal" / "round-0001").exists()
+    rec = run_round(path, strategy="random", budget=50, take_all=True)
     assert len(rec["selected"]) == 5
     with pytest.raises(EmptyPoolError, match="no candidates left"):
         run_round(path, strategy="random", budget=50)

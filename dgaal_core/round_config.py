@@ -1,0 +1,118 @@
+"""What one ``dgaal round`` does: :class:`RoundConfig`, stored with every round record.
+
+Imports no torch (only the torch-free :mod:`.config` and :mod:`.strategies`), so the command
+line can check a round's settings in one line before it loads torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from .config import ConfigError, RunConfig, check_seed, preset
+from .strategies import strategy_spec
+
+
+@dataclass(frozen=True)
+class RoundConfig:
+    """What one ``dgaal round`` does; stored with every round record (``to_dict``)."""
+
+    strategy: str = "dgaal"
+    budget: float = 0.05  # < 1: fraction of the real training images; >= 1: a count
+    oracle: str = "auto"  # auto: simulated when the pool has ground truth, else human
+    preset: str = "small"
+    seed: int = 0
+    device: str = "auto"
+    gan_steps: int | None = None  # override the preset's Algorithm 1 iterations
+    gan_epochs: float | None = None  # or its passes over the pools
+    task_epochs: int | None = None
+    task_min_steps: int | None = None  # override the preset's least number of T steps
+    coevolve_steps: int | None = None
+    depth_limit: int = 2  # generated images of this depth are not used as parents again
+    augment_ratio: float = 0.0  # section 4.3.2: share of x_g that goes straight to labelled
+    score_batch: int = 512
+    # Selection settings of the D1 strategies; None takes the strategy's default
+    # (strategies.SELECTION_DEFAULTS): dgaal-paper is the literal N lowest D1 scores.
+    shortlist: float | None = None  # k: spread the N picks over the k*N lowest (k-center, z)
+    task_weight: float | None = None  # weight of T's entropy rank fused with D1's rank
+    generated_cap: float | None = None  # most share of generated images among a round's picks
+    retrain_gan: bool | None = None  # re-run Algorithm 1 every round (None: the strategy's)
+    pmse_weight: float | None = None  # lambda of Eq. 8 (None: the preset's 0.1)
+    noise_spread: float = 0.05  # x_g's noise-head scales are drawn in [1 - s, 1 + s]
+    noise_skips: bool = False  # the noise head also scales the U-Net's skips (ModelConfig)
+    take_all: bool = False  # a budget above the candidates left takes them all (else refused)
+
+    def __post_init__(self) -> None:
+        strategy_spec(self.strategy)  # ValueError on an unknown name
+        check_seed(self.seed)
+        if self.oracle not in ("auto", "simulated", "human"):
+            raise ConfigError(f"oracle must be auto, simulated or human, got {self.oracle!r}")
+        if not (math.isfinite(self.budget) and self.budget > 0):
+            raise ConfigError(f"budget must be > 0 (a fraction < 1 or a count), got {self.budget}")
+        if self.budget >= 1 and self.budget != int(self.budget):
+            raise ConfigError(
+                f"budget must be a fraction below 1 or a whole count, got {self.budget}"
+            )
+        if not 0 <= self.augment_ratio <= 1:
+            raise ConfigError(f"augment_ratio must lie in [0, 1], got {self.augment_ratio}")
+        if self.depth_limit < 1:
+            raise ConfigError(f"depth_limit must be >= 1, got {self.depth_limit}")
+        checks = (
+            ("shortlist", lambda v: v >= 1, "a number >= 1"),
+            ("task_weight", lambda v: 0 <= v <= 1, "a number in [0, 1]"),
+            ("generated_cap", lambda v: 0 <= v <= 1, "a number in [0, 1]"),
+        )
+        for name, ok, expected in checks:
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and ok(value)):
+                raise ConfigError(f"{name} must be {expected}, got {value}")
+        if not (math.isfinite(self.noise_spread) and 0 <= self.noise_spread < 1):
+            raise ConfigError(f"noise_spread must lie in [0, 1), got {self.noise_spread}")
+
+    def selection(self) -> dict[str, float]:
+        """Shortlist factor, task weight and generated cap: explicit values over the strategy's
+        defaults."""
+        out = strategy_spec(self.strategy).selection_defaults
+        for name in out:
+            if getattr(self, name) is not None:
+                out[name] = float(getattr(self, name))
+        return out
+
+    def retrains_gan(self) -> bool:
+        """Whether Algorithm 1 runs every round (else once, in the first round)."""
+        spec = strategy_spec(self.strategy)
+        return spec.retrain_gan if self.retrain_gan is None else bool(self.retrain_gan)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RoundConfig:
+        """Inverse of :meth:`to_dict` (a record of an older version lacks the newer fields,
+        which then take their defaults)."""
+        return cls(**data)
+
+    def run_config(self, image_shape: tuple[int, int, int], num_classes: int) -> RunConfig:
+        """The model/training configuration for this round: the preset plus the overrides."""
+        overrides: dict[str, Any] = {"seed": self.seed, "device": self.device}
+        names = (
+            "gan_steps", "gan_epochs", "task_epochs", "task_min_steps", "coevolve_steps",
+            "pmse_weight",
+        )  # fmt: skip
+        for name in names:
+            value = getattr(self, name)
+            if value is not None:
+                overrides[name] = value
+        run = preset(self.preset, image_shape, num_classes, **overrides)
+        if self.noise_skips:
+            run = dataclasses.replace(run, model=dataclasses.replace(run.model, noise_skips=True))
+        return run
+
+    def budget_count(self, real_rows: int) -> int:
+        """The number of images to select this round."""
+        if self.budget < 1:
+            return max(1, round(self.budget * real_rows))
+        return int(self.budget)
