@@ -263,8 +263,10 @@ def test_cli_demo_quick_then_again_without_matplotlib(tmp_path, monkeypatch):
     args = ["demo", "--workdir", str(tmp_path / "demo"), "--quick", "--provider", "cpu"]
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
-    last = res.stdout.strip().splitlines()[-1]
-    assert last.startswith("dgaal reached") and "random" in last
+    last = res.stdout.strip().splitlines()[-2:]  # the headline, then the seed-by-seed verdict
+    assert last[0].startswith("dgaal reached") and "random" in last[0]
+    assert last[1].startswith("Seed by seed, dgaal minus random")
+    assert "1 seed(s) cannot separate this from T's own noise" in last[1]
     report = tmp_path / "demo" / "report"
     for name in ("accuracy.png", "oracle_queries.png", "selection.png", "summary.md"):
         assert (report / name).exists()
@@ -274,4 +276,4 @@ def test_cli_demo_quick_then_again_without_matplotlib(tmp_path, monkeypatch):
     assert again.exit_code == 0, again.output
     assert "finished earlier" in again.stdout and "no plots" in again.stdout
     assert (report / "summary.md").exists()
-    assert again.stdout.strip().splitlines()[-1] == last
+    assert again.stdout.strip().splitlines()[-2:] == last
