@@ -20,14 +20,15 @@ def parse_ids(value: str) -> Any:
 
     path = Path(value)
     try:
-        if path.is_file():
-            if path.suffix == ".npy":
-                return np.asarray(np.load(path, allow_pickle=False), dtype=np.int64).ravel()
-            text = path.read_text(encoding="utf-8").replace(",", " ")
+        if path.is_file() and path.suffix == ".npy":
+            arr = np.load(path, allow_pickle=False)
+            if arr.dtype.kind not in "iu":  # float ids would be truncated silently
+                raise ValueError(f"an integer array, not {arr.dtype}")
+            ids = arr.astype(np.int64).ravel()
         else:
-            text = value.replace(",", " ")
-        ids = np.array([int(tok) for tok in text.split()], dtype=np.int64)
-    except (ValueError, OSError) as e:
+            text = path.read_text(encoding="utf-8") if path.is_file() else value
+            ids = np.array([int(tok) for tok in text.replace(",", " ").split()], dtype=np.int64)
+    except (ValueError, OSError, OverflowError) as e:
         raise DgaalError(f"--ids {value}: expected ids like 1,2,3 or a file of ids ({e})") from None
     if ids.size == 0:
         raise DgaalError(f"--ids {value}: no ids given")

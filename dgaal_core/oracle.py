@@ -110,6 +110,14 @@ def read_answers(path: Path, reader: PoolReader) -> tuple[np.ndarray, np.ndarray
     """
     if not path.is_file():
         raise AnswersError(f"{path}: no such answers file")
+    # Parsed whole, so its size is bounded first: a row per image of the pool is at most a
+    # few dozen bytes; anything far larger is the wrong file, not answers.
+    limit = (1 << 20) + 256 * int(reader.states.size)
+    if (size := path.stat().st_size) > limit:
+        raise AnswersError(
+            f"{path}: {size} bytes, more than answers for {reader.states.size} images can take "
+            f"({limit} bytes at most); expected queries.csv with its label column filled in"
+        )
     try:  # utf-8-sig: spreadsheets often start a UTF-8 CSV with a byte-order mark
         with open(path, newline="", encoding="utf-8-sig") as fh:
             rows = list(csv.DictReader(fh))

@@ -399,3 +399,31 @@ def test_answers_with_a_bom_or_crlf_line_ends_are_accepted(here: Path, text: byt
     with PoolReader(pool) as r:
         assert r.labels[[5, 6]].tolist() == [1, 2]
         assert r.states[[5, 6, 7]].tolist() == [State.LABELLED, State.LABELLED, State.QUERIED]
+
+
+@pytest.mark.parametrize(
+    "ids, needles",
+    [
+        (np.array([3.7, 17.2]), ["float_ids.npy", "integer array"]),
+        (None, [HUGE]),
+    ],
+    ids=["generate_float_ids_npy", "generate_huge_id"],
+)
+def test_generate_refuses_ids_it_cannot_take_exactly(here: Path, ids, needles: list) -> None:
+    arg = HUGE
+    if ids is not None:
+        np.save(here / "float_ids.npy", ids)
+        arg = "float_ids.npy"
+    proc = dgaal(
+        "generate", "--model", "g.onnx", "--pool", "p.h5", "--ids", arg, "--out", "gen", cwd=here
+    )
+    assert_one_line_error(proc, "--ids", *needles)
+    assert not (here / "gen").exists()
+
+
+def test_an_oversized_answers_file_is_refused_before_it_is_read(here: Path) -> None:
+    (here / "huge.csv").write_text("id,label\n" + "5,a\n" * 600_000)  # 2.4 MB for a tiny pool
+    before = snapshot(here / "asked.h5")
+    proc = dgaal("label", "--pool", "asked.h5", "huge.csv", cwd=here)
+    assert_one_line_error(proc, "huge.csv", "bytes at most")
+    assert snapshot(here / "asked.h5") == before
