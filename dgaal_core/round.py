@@ -479,6 +479,7 @@ class Round:
             self.log(f"resuming round {n} after phase '{pending['phase']}'")
         else:
             with self._reader() as r:  # refuse bad settings before anything is written
+                r.check_shards()  # a missing test shard would otherwise surface only after training
                 self._check_budget(r, say=False)
                 run = self._run_config(r.image_shape, r.num_classes)
             resolve_device(run.train.device)  # --device cuda without a GPU

@@ -335,6 +335,11 @@ def test_pool_info_on_a_pool_without_its_shard_folder_says_it_is_damaged(here: P
     proc = dgaal("pool", "info", "moved.h5", "--json", cwd=here)
     assert_one_line_error(proc, "moved.h5", "damaged pool", "missing")
     assert proc.stdout == ""
+    before = (here / "moved.h5").read_bytes()  # a round finds it before training anything
+    proc = dgaal("round", "--pool", "moved.h5", "--budget", "4", "--quiet", cwd=here)
+    assert_one_line_error(proc, "moved.h5", "damaged pool", "missing")
+    assert (here / "moved.h5").read_bytes() == before
+    assert not work_dir(here / "moved.h5").exists()
 
 
 def test_pool_check_finds_the_damage_of_these_cases(here: Path) -> None:
