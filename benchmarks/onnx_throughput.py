@@ -41,7 +41,6 @@ from benchmarks.onnx_common import (
     write_results,
 )
 from dgaal_core.data import to_uint8_images
-from export.cascade import CascadeSampler
 from export.onnx_export import GeneratorGraph, SamplerGraph, fresh_d1, fresh_generator
 from export.pipeline import export_round
 from export.quantize import quantize_sampler_int8
@@ -124,8 +123,11 @@ def bench_preset(name: str, args: argparse.Namespace, tmp: Path) -> dict[str, An
     gg_cl = ChannelsLastGenerator(GeneratorGraph(g_cl)).eval()
 
     threads = args.threads
-    s32, s8 = Sampler(report.sampler, "cpu", threads), Sampler(q.path or "", "cpu", threads)
-    cascade = CascadeSampler(s8, s32, q.rescore_fraction)
+    s32 = Sampler(report.sampler, "cpu", threads)
+    s8 = Sampler(q.path or "", "cpu", threads, rescore=False)
+    cascade = Sampler(
+        q.path or "", "cpu", threads, rescore=True, rescore_fraction=q.rescore_fraction
+    )
     probe, probe_flops = matmul_probe()
     gen = Generator(report.generator, "cpu", threads)
     noise = noise_t.numpy()

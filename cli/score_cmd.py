@@ -60,8 +60,7 @@ def score(
     """Score every pool row in --state with D1(G1(x)); the lowest scores are what DGAAL selects."""
     import numpy as np
 
-    from export.cascade import CascadeSampler, open_sampler
-    from export.runtime import parse_state, select_lowest
+    from export.runtime import Sampler, parse_state, select_lowest
 
     from .progress import StageProgress
 
@@ -73,7 +72,7 @@ def score(
         raise DgaalError(f"--threads: expected a positive integer, got {threads}")
     if lowest < 0:
         raise DgaalError(f"--lowest: expected an integer >= 0, got {lowest}")
-    sampler = open_sampler(model, provider=provider.value, threads=threads)
+    sampler = Sampler(model, provider=provider.value, threads=threads)
     with StageProgress(unit="images") as bars:
         result = sampler.score_pool(
             pool, state=parse_state(state), batch_size=batch_size, progress=bars.stage("score")
@@ -81,7 +80,7 @@ def score(
     if out is not None:
         write_scores(out, result.ids, result.scores)
     how = sampler.info.precision
-    if isinstance(sampler, CascadeSampler):
+    if sampler.exact is not None:
         how += f" + fp32 rescoring of the lowest {sampler.rescore_fraction:.0%}"
     typer.echo(
         f"scored {result.ids.size} images of {pool} in {result.seconds:.2f} s "

@@ -121,7 +121,7 @@ def quantize_sampler_int8(
     onnx.checker.check_model(str(out_path), full_check=True)
 
     ref, _ = OrtSampler(fp32_path, provider="cpu").score(agreement_images)
-    got, _ = OrtSampler(out_path, provider="cpu").score(agreement_images)
+    got, _ = OrtSampler(out_path, provider="cpu", rescore=False).score(agreement_images)
     m = agreement_images.shape[0]
     n = max(1, round(select_fraction * m))
     agreement = selection_agreement(ref, got, n)
@@ -206,7 +206,7 @@ def convert_fp16(
     onnx.checker.check_model(str(out_path), full_check=True)
     if noise is None:
         ref, _ = OrtSampler(fp32_path, provider="cpu").score(images)
-        got, _ = OrtSampler(out_path, provider="cpu").score(images)
+        got, _ = OrtSampler(out_path, provider="cpu", rescore=False).score(images)
         worst, tol = float(np.max(np.abs(ref - got))), FP16_SCORE_ATOL
     else:
         a = OrtGenerator(fp32_path, provider="cpu").generate(images, noise)

@@ -6,8 +6,13 @@ without PyTorch (a test enforces this).
 >>> sampler = Sampler("round-0003/sampler.onnx")          # CUDA when present, else CPU
 >>> result = sampler.score_pool("pools.h5")               # all candidates, streamed from HDF5
 >>> chosen = select_lowest(result.ids, result.scores, 500)
+>>> scores, latents = sampler.score(images)               # uint8 [n, H, W, C] in memory
 >>> gen = Generator("round-0003/generator.onnx")
 >>> x_g = gen.generate(images, gen.draw_noise_scales(seed))
+
+``Sampler`` opens any exported sampler: an int8 ``sampler.int8.onnx`` exported in "cascade" mode
+rescores the lowest ``rescore_fraction`` of its scores with the fp32 ``sampler.onnx`` beside it
+(see :mod:`export.cascade` for why), so callers never need to know which file they were given.
 
 Pool scoring reads contiguous chunks of candidate ids on a background thread
 (:meth:`dgaal_core.pool.PoolReader.iter_batches`), so disk and compute overlap, and keeps only
@@ -17,10 +22,12 @@ candidate for the ids and scores returned).
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -39,9 +46,12 @@ __all__ = [
     "ModelInfo",
     "PoolScores",
     "Sampler",
+    "open_sampler",
     "parse_state",
     "select_lowest",
 ]
+
+DEFAULT_RESCORE_FRACTION = 0.15
 
 
 def select_lowest(ids: np.ndarray | Sequence[int], scores: np.ndarray, n: int) -> np.ndarray:
@@ -96,12 +106,71 @@ def _chunks(n: int, size: int) -> range:
     return range(0, n, max(1, size))
 
 
+def merge_rescored(
+    ids: np.ndarray, fast: np.ndarray, exact_ids: np.ndarray, exact: np.ndarray
+) -> np.ndarray:
+    """``fast`` rows (aligned with ascending ``ids``) with the rows of ``exact_ids`` replaced by
+    ``exact``; works for score vectors and latent matrices alike."""
+    merged = fast.copy()
+    merged[np.searchsorted(ids, exact_ids)] = exact
+    return merged
+
+
 class Sampler(ModelSession):
-    """``sampler.onnx``: uint8 images -> (score = D1(G1(x)), latent z). Lower score = select."""
+    """``sampler.onnx``: uint8 images -> (score = D1(G1(x)), latent z). Lower score = select.
+
+    Opens any exported sampler file. An int8 sampler exported in "cascade" mode is paired with
+    the fp32 ``sampler.onnx`` in the same folder, which rescores the lowest ``rescore_fraction``
+    of every scoring pass (``exact`` is that fp32 sampler, None otherwise). ``rescore=False``
+    gives an int8 file's raw scores; ``rescore=True`` insists on rescoring (an error without the
+    fp32 file). Rescored rows carry fp32 scores and latents, the others int8's.
+    """
 
     kind = names.KIND_SAMPLER
     inputs = names.SAMPLER_INPUTS
     outputs = names.SAMPLER_OUTPUTS
+
+    def __init__(
+        self,
+        path: str | Path,
+        provider: str = "auto",
+        threads: int | None = None,
+        *,
+        rescore: bool | None = None,
+        rescore_fraction: float | None = None,
+        **session: Any,
+    ) -> None:
+        super().__init__(path, provider, threads, **session)
+        meta = self.info.metadata
+        self.exact: Sampler | None = None
+        self.rescore_fraction = float(
+            rescore_fraction
+            if rescore_fraction is not None
+            else meta.get(names.META_RESCORE_FRACTION, DEFAULT_RESCORE_FRACTION)
+        )
+        if not 0 < self.rescore_fraction <= 1:
+            raise DgaalError(f"rescore_fraction: expected (0, 1], got {self.rescore_fraction}")
+        if rescore is None:
+            rescore = meta.get(names.META_INT8_MODE) == "cascade"
+        if not rescore:
+            return
+        exact_path = self.path.with_name(names.SAMPLER_FILE)
+        if exact_path == self.path or self.info.precision == "fp32":
+            raise ModelFileError(f"{self.path}: an fp32 sampler has nothing to rescore")
+        if not exact_path.is_file():
+            raise ModelFileError(
+                f"{self.path}: an int8 sampler that needs fp32 rescoring, "
+                f"but {exact_path} is missing"
+            )
+        exact = Sampler(exact_path, provider, threads, rescore=False, **session)
+        if exact.info.image_shape != self.info.image_shape:
+            raise ModelFileError(f"{self.path} and {exact_path} take different image shapes")
+        if exact.info.config_hash != self.info.config_hash or exact.info.round != self.info.round:
+            raise ModelFileError(f"{self.path} and {exact_path} come from different exports")
+        self.exact = exact
+
+    def _rescored_count(self, n: int) -> int:
+        return max(1, math.ceil(self.rescore_fraction * n)) if n else 0
 
     def score(
         self, images: np.ndarray, batch_size: int | None = None
@@ -114,7 +183,15 @@ class Sampler(ModelSession):
         for i in _chunks(images.shape[0], bs):
             s, z = self.run({names.IMAGES: images[i : i + bs]})
             scores[i : i + bs], latents[i : i + bs] = s, z
-        return scores, latents
+        if self.exact is None:
+            return scores, latents
+        rows = np.arange(scores.size)
+        low = np.sort(select_lowest(rows, scores, self._rescored_count(scores.size)))
+        exact_s, exact_z = self.exact.score(images[low], batch_size)
+        return (
+            merge_rescored(rows, scores, low, exact_s),
+            merge_rescored(rows, latents, low, exact_z),
+        )
 
     def check_pool(self, reader: PoolReader) -> None:
         """Raise :class:`~export.errors.ModelMismatchError` unless the pool's images fit."""
@@ -136,38 +213,77 @@ class Sampler(ModelSession):
         Streams contiguous chunks of ids from HDF5 with ``prefetch`` batches read ahead on a
         background thread. Returns ids in ascending order with their scores.
         """
+        start = time.perf_counter()
         reader = pool if isinstance(pool, PoolReader) else PoolReader(pool)
         try:
-            self.check_pool(reader)
-            if ids is None:
-                chosen = reader.ids(parse_state(state))
-            else:
-                chosen = np.unique(np.asarray(ids, dtype=np.int64))
-                if chosen.size and (chosen[0] < 0 or chosen[-1] >= reader.num_rows):
-                    raise DgaalError(
-                        f"{reader.path}: ids must lie in [0, {reader.num_rows}), got "
-                        f"{chosen[0]}..{chosen[-1]}"
-                    )
-            n, bs = chosen.size, batch_size or self.default_batch_size
-            scores = np.empty(n, np.float32)
-            latents = np.empty((n, self.info.z_dim), np.float32) if return_latents else None
-            start, done = time.perf_counter(), 0
-            if progress is not None:
-                progress(0, n)
-            for batch_ids, images in reader.iter_batches(chosen, bs, prefetch=prefetch):
-                s, z = self.run({names.IMAGES: images})
-                k = batch_ids.size
-                scores[done : done + k] = s
-                if latents is not None:
-                    latents[done : done + k] = z
-                done += k
-                if progress is not None:
-                    progress(done, n)
-            assert done == n, (done, n)
-            return PoolScores(chosen, scores, latents, time.perf_counter() - start)
+            first = self._score_rows(
+                reader, self._pick(reader, ids, state), batch_size, prefetch, return_latents,
+                progress,
+            )  # fmt: skip
+            if self.exact is None:
+                return first
+            k = self._rescored_count(first.ids.size)
+            low = np.sort(select_lowest(first.ids, first.scores, k))
+            second = self.exact._score_rows(reader, low, batch_size, prefetch, return_latents)
         finally:
             if reader is not pool:
                 reader.close()
+        return PoolScores(
+            first.ids,
+            merge_rescored(first.ids, first.scores, low, second.scores),
+            None
+            if first.latents is None or second.latents is None
+            else merge_rescored(first.ids, first.latents, low, second.latents),
+            time.perf_counter() - start,
+        )
+
+    def _pick(
+        self, reader: PoolReader, ids: np.ndarray | Sequence[int] | None, state: State | str | None
+    ) -> np.ndarray:
+        """The ascending, checked ids to score."""
+        self.check_pool(reader)
+        if ids is None:
+            return reader.ids(parse_state(state))
+        chosen = np.unique(np.asarray(ids, dtype=np.int64))
+        if chosen.size and (chosen[0] < 0 or chosen[-1] >= reader.num_rows):
+            raise DgaalError(
+                f"{reader.path}: ids must lie in [0, {reader.num_rows}), got "
+                f"{chosen[0]}..{chosen[-1]}"
+            )
+        return chosen
+
+    def _score_rows(
+        self,
+        reader: PoolReader,
+        chosen: np.ndarray,
+        batch_size: int | None,
+        prefetch: int,
+        return_latents: bool,
+        progress: Progress | None = None,
+    ) -> PoolScores:
+        """This graph's scores of ascending pool rows ``chosen`` (no rescoring)."""
+        n, bs = chosen.size, batch_size or self.default_batch_size
+        scores = np.empty(n, np.float32)
+        latents = np.empty((n, self.info.z_dim), np.float32) if return_latents else None
+        start, done = time.perf_counter(), 0
+        if progress is not None:
+            progress(0, n)
+        for batch_ids, images in reader.iter_batches(chosen, bs, prefetch=prefetch):
+            s, z = self.run({names.IMAGES: images})
+            k = batch_ids.size
+            scores[done : done + k] = s
+            if latents is not None:
+                latents[done : done + k] = z
+            done += k
+            if progress is not None:
+                progress(done, n)
+        assert done == n, (done, n)
+        return PoolScores(chosen, scores, latents, time.perf_counter() - start)
+
+
+def open_sampler(path: str | Path, provider: str = "auto", threads: int | None = None) -> Sampler:
+    """``Sampler(path, provider, threads)``: kept for callers of earlier versions."""
+    return Sampler(path, provider, threads)
 
 
 class Generator(ModelSession):
@@ -178,9 +294,10 @@ class Generator(ModelSession):
     outputs = names.GENERATOR_OUTPUTS
 
     def __init__(
-        self, path: str | Path, provider: str = "auto", threads: int | None = None
+        self, path: str | Path, provider: str = "auto", threads: int | None = None, **session: Any
     ) -> None:
-        super().__init__(path, provider, threads)
+        """See :class:`~export.sessions.ModelSession` for ``session`` (device_id, options...)."""
+        super().__init__(path, provider, threads, **session)
         dims = self.session.get_inputs()[1].shape
         if len(dims) != 1 or not isinstance(dims[0], int):
             raise ModelFileError(f"{self.path}: noise_scales must have one static dimension")

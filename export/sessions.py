@@ -4,9 +4,11 @@ Imports numpy and onnxruntime only (never torch). One :class:`ModelSession` per 
 
 Provider choice (``provider="auto"``): the CUDA execution provider only when this onnxruntime
 build has it *and* a CUDA device really answers (``libcuda`` loads and ``cuDeviceGetCount`` > 0),
-so CPU machines never see CUDA loader errors; the CPU provider otherwise. ``"cuda"`` insists
-(:class:`~export.errors.ProviderError` when it cannot load), ``"cpu"`` never tries CUDA.
+so CPU machines never see CUDA loader errors; the CPU provider otherwise. If the CUDA provider then
+fails to load (a driver but no cuDNN, say), "auto" runs on CPU with one ``RuntimeWarning``; only
+an explicit ``"cuda"`` fails (:class:`~export.errors.ProviderError`). ``"cpu"`` never tries CUDA.
 ``cuInit`` runs in the calling process: do not fork a process that then uses CUDA afterwards.
+Importing this module has no process-wide effects: CUDA is probed on the first session only.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import ctypes
 import json
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -183,25 +186,38 @@ class ModelSession:
     outputs: tuple[str, ...] = ()
 
     def __init__(
-        self, path: str | Path, provider: str = "auto", threads: int | None = None
+        self,
+        path: str | Path,
+        provider: str = "auto",
+        threads: int | None = None,
+        *,
+        device_id: int = 0,
+        provider_options: dict[str, Any] | None = None,
+        options: ort.SessionOptions | None = None,
     ) -> None:
+        """Load and check ``path``.
+
+        ``provider``: "auto", "cpu" or "cuda" (see the module docstring). ``threads``: CPU
+        intra-op threads (default: physical cores). ``device_id`` and ``provider_options`` go to
+        the CUDA execution provider; ``options`` replaces dgaal's session options entirely (then
+        ``threads`` is ignored).
+        """
         self.path = Path(path)
         if not self.path.is_file():
             what = "is a directory, not a model file" if self.path.is_dir() else "no such file"
             raise ModelFileError(f"{self.path}: {what}")
+        if int(device_id) < 0:
+            raise ProviderError(f"device_id: expected an integer >= 0, got {device_id}")
+        self._requested, self.device_id = provider, int(device_id)
         self.provider = resolve_provider(provider)
-        providers: list[Any] = [CPU_EP]
-        if self.provider == "cuda":
-            providers = [(CUDA_EP, {"device_id": 0}), CPU_EP]
-        try:
-            self.session = ort.InferenceSession(
-                str(self.path), sess_options=session_options(threads), providers=providers
-            )
-        except Exception as e:  # onnxruntime raises its own classes for parse/load failures
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            raise ModelFileError(f"{self.path}: not a loadable ONNX model ({first})") from None
+        if self.provider == "cuda" and self.device_id >= cuda_device_count():
+            self._cuda_failed(f"no device {device_id}: {cuda_device_count()} CUDA device(s) here")
+        so = options if options is not None else session_options(threads)
+        cuda_options = {"device_id": self.device_id, **(provider_options or {})}
+        self.session = self._load(so, cuda_options if self.provider == "cuda" else None)
         if self.provider == "cuda" and self.session.get_providers()[0] != CUDA_EP:
-            raise ProviderError(f"{self.path}: the CUDA execution provider failed to load")
+            # onnxruntime fell back to the CPU on its own (e.g. libcudnn missing): say so
+            self._cuda_failed("onnxruntime fell back to the CPU")
         meta = dict(self.session.get_modelmeta().custom_metadata_map)
         self.info = _parse_info(self.path, meta, self.kind)
         got_in = tuple(i.name for i in self.session.get_inputs())
@@ -213,6 +229,29 @@ class ModelSession:
             )
         self.io_binding = self.provider == "cuda"
 
+    def _load(self, so: ort.SessionOptions, cuda: dict[str, Any] | None) -> ort.InferenceSession:
+        """An InferenceSession on CPU (``cuda`` None) or CUDA with these provider options."""
+        providers: list[Any] = [CPU_EP] if cuda is None else [(CUDA_EP, cuda), CPU_EP]
+        try:
+            return ort.InferenceSession(str(self.path), sess_options=so, providers=providers)
+        except Exception as e:  # onnxruntime raises its own classes for parse/load failures
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            if cuda is not None:  # maybe the provider, not the file: try the CPU before blaming it
+                self._cuda_failed(first)
+                return self._load(so, None)
+            raise ModelFileError(f"{self.path}: not a loadable ONNX model ({first})") from None
+
+    def _cuda_failed(self, why: str) -> None:
+        """An explicit "cuda" fails; "auto" falls back to the CPU with one warning."""
+        if self._requested == "cuda":
+            raise ProviderError(f"{self.path}: the CUDA execution provider failed to load ({why})")
+        warnings.warn(
+            f"{self.path}: the CUDA execution provider failed to load ({why}); running on the CPU",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        self.provider = "cpu"
+
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         """Run the graph; on CUDA through IO binding (outputs stay on the device until copied)."""
         if not self.io_binding:
@@ -221,7 +260,7 @@ class ModelSession:
         for name, value in feeds.items():
             binding.bind_cpu_input(name, np.ascontiguousarray(value))
         for name in self.outputs:
-            binding.bind_output(name, "cuda", 0)
+            binding.bind_output(name, "cuda", self.device_id)
         self.session.run_with_iobinding(binding)
         return list(binding.copy_outputs_to_cpu())
 

@@ -15,7 +15,7 @@ from dgaal_core.models import build_models
 from dgaal_core.pool import PoolReader
 from dgaal_core.pool_writer import PoolBuilder
 from export import names
-from export.cascade import CascadeSampler, cascade_scores, open_sampler
+from export.cascade import cascade_scores
 from export.errors import (
     CheckpointNotFoundError,
     ExportParityError,
@@ -216,25 +216,38 @@ def test_cascade_sampler_rescores_the_lowest_in_fp32(tmp_path):
         report.sampler, out / names.SAMPLER_INT8_FILE, images, images, min_agreement=0.0
     )
     assert q.path is not None
-    assert isinstance(open_sampler(q.path, "cpu"), OrtSampler)  # "direct": no rescoring
+    assert OrtSampler(q.path, "cpu").exact is None  # "direct": no rescoring
     set_props(q.path, {names.META_INT8_MODE: "cascade", names.META_RESCORE_FRACTION: "0.25"})
-    cascade = open_sampler(q.path, "cpu")
-    assert isinstance(cascade, CascadeSampler) and cascade.rescore_fraction == 0.25
-    res = cascade.score_pool(pool)
-    fast = OrtSampler(q.path, "cpu").score_pool(pool)
-    exact = OrtSampler(report.sampler, "cpu").score_pool(pool)
+    cascade = OrtSampler(q.path, "cpu")  # the one way to open any sampler file
+    assert cascade.exact is not None and cascade.rescore_fraction == 0.25
+    res = cascade.score_pool(pool, return_latents=True)
+    fast = OrtSampler(q.path, "cpu", rescore=False).score_pool(pool, return_latents=True)
+    exact = OrtSampler(report.sampler, "cpu").score_pool(pool, return_latents=True)
     np.testing.assert_array_equal(res.ids, exact.ids)
     rescored = select_lowest(fast.ids, fast.scores, int(np.ceil(0.25 * fast.ids.size)))
     at = np.searchsorted(res.ids, rescored)
     np.testing.assert_allclose(res.scores[at], exact.scores[at], atol=1e-6)
+    assert res.latents is not None and exact.latents is not None and fast.latents is not None
+    np.testing.assert_allclose(res.latents[at], exact.latents[at], atol=1e-5)
     rest = np.setdiff1d(np.arange(res.ids.size), at)
     np.testing.assert_array_equal(res.scores[rest], fast.scores[rest])
+    np.testing.assert_array_equal(res.latents[rest], fast.latents[rest])
     with PoolReader(pool) as r:
         some = r.read_images(np.arange(40))
-    assert cascade.score(some).shape == (40,)
+    s_mem, z_mem = cascade.score(some)
+    assert s_mem.shape == (40,) and z_mem.shape[0] == 40
+    low = np.sort(
+        select_lowest(np.arange(40), OrtSampler(q.path, "cpu", rescore=False).score(some)[0], 10)
+    )
+    np.testing.assert_allclose(
+        s_mem[low], OrtSampler(report.sampler, "cpu").score(some)[0][low], atol=1e-6
+    )
+    with pytest.raises(ModelFileError, match="nothing to rescore"):
+        OrtSampler(report.sampler, "cpu", rescore=True)
     report.sampler.unlink()
     with pytest.raises(ModelFileError, match="needs fp32 rescoring"):
-        open_sampler(q.path, "cpu")
+        OrtSampler(q.path, "cpu")
+    assert OrtSampler(q.path, "cpu", rescore=False).exact is None  # raw int8 still opens
 
 
 def test_cascade_scores_recover_the_exact_selection():

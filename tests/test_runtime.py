@@ -195,3 +195,61 @@ def test_model_pool_mismatch(env, tmp_path):
         s.score(np.zeros((2, 8, 8, 1), np.float32))
     with pytest.raises(ModelMismatchError, match="expected uint8"):
         s.score(np.zeros((2, 8, 8, 3), np.uint8))
+
+
+def test_auto_falls_back_to_cpu_when_cuda_provider_cannot_load(env, monkeypatch):
+    """libcuda answers but the CUDA provider cannot load (here: no CUDA libraries at all).
+
+    "auto" runs on the CPU with one warning and scores like a CPU session; "cuda" fails."""
+    import onnxruntime as ort
+
+    import export.sessions as sessions
+
+    _, images, sampler_path, generator_path = env
+    if sessions.cuda_device_count() > 0:
+        pytest.skip("a real CUDA device: the fallback cannot be provoked here")
+    monkeypatch.setattr(sessions, "cuda_device_count", lambda: 1)
+    if sessions.CUDA_EP not in ort.get_available_providers():  # a CPU-only onnxruntime build
+        monkeypatch.setattr(ort, "get_available_providers", lambda: [sessions.CUDA_EP, "CPU"])
+    with pytest.warns(RuntimeWarning, match="running on the CPU"):
+        s = Sampler(sampler_path, provider="auto")
+    assert s.provider == "cpu" and not s.io_binding
+    want, _ = Sampler(sampler_path, provider="cpu").score(images[:50])
+    np.testing.assert_array_equal(s.score(images[:50])[0], want)
+    with pytest.warns(RuntimeWarning, match="no device 3"):
+        assert Generator(generator_path, provider="auto", device_id=3).provider == "cpu"
+    with pytest.raises(ProviderError, match="CUDA execution provider failed to load"):
+        Sampler(sampler_path, provider="cuda")
+    with pytest.raises(ProviderError, match="no device 3"):
+        Sampler(sampler_path, provider="cuda", device_id=3)
+    with pytest.raises(ProviderError, match="device_id"):
+        Sampler(sampler_path, provider="cpu", device_id=-1)
+
+
+def test_caller_session_options_and_no_import_side_effects(env):
+    import onnxruntime as ort
+
+    _, images, sampler_path, _ = env
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    s = Sampler(sampler_path, provider="cpu", options=so)
+    assert s.session.get_session_options().intra_op_num_threads == 1
+    np.testing.assert_array_equal(
+        s.score(images[:20])[0], Sampler(sampler_path, provider="cpu").score(images[:20])[0]
+    )
+    code = textwrap.dedent(
+        """
+        import os, sys, warnings, logging
+        import numpy, onnxruntime, h5py  # their own import-time effects are not dgaal's
+        env, filters, handlers = dict(os.environ), list(warnings.filters), logging.root.handlers[:]
+        import export.runtime, export.sessions
+        assert dict(os.environ) == env, "environment changed"
+        assert list(warnings.filters) == filters and logging.root.handlers == handlers
+        assert export.sessions.cuda_device_count.cache_info().currsize == 0, "CUDA probed"
+        assert "torch" not in sys.modules
+        """
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert res.returncode == 0, res.stderr
