@@ -49,10 +49,37 @@ def fail(message: str) -> typer.Exit:
     return typer.Exit(ERROR_EXIT_CODE)
 
 
+# packages the base install leaves out -> the extra that brings them
+EXTRA_OF = {
+    "torch": "train",
+    "onnx": "train",
+    "onnxscript": "train",
+    "PIL": "train",
+    "sklearn": "train",
+    "matplotlib": "report",
+    "starlette": "serve",
+    "uvicorn": "serve",
+}
+
+
+def missing_extra(e: ModuleNotFoundError) -> str | None:
+    """One line naming the extra to install when ``e`` is a package an extra provides."""
+    top = (e.name or "").split(".")[0]
+    extra = EXTRA_OF.get(top)
+    if extra is None:
+        return None
+    return (
+        f"this command needs {top}, which the base dgaal install leaves out: "
+        f"pip install 'dgaal[{extra}]'"
+    )
+
+
 def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
     """Turn a :class:`DgaalError` into one line ``error: ...`` on stderr and exit code 2.
 
-    Any other exception is a bug and keeps its traceback. Put it under ``@app.command()``.
+    So does a missing optional package (torch without the ``train`` extra, ...): the line says
+    which extra to install. Commands import such packages before they write anything. Any other
+    exception is a bug and keeps its traceback. Put it under ``@app.command()``.
     """
 
     @functools.wraps(fn)
@@ -61,6 +88,11 @@ def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
             return fn(*args, **kwargs)
         except DgaalError as e:
             raise fail(str(e)) from None
+        except ModuleNotFoundError as e:
+            line = missing_extra(e)
+            if line is None:
+                raise
+            raise fail(line) from None
 
     return wrapper
 

@@ -11,15 +11,12 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper
+from pools import export_untrained, random_pool
 
-from dgaal_core.config import preset
-from dgaal_core.models import build_models
 from dgaal_core.pool import PoolReader
-from dgaal_core.pool_writer import PoolBuilder
 from dgaal_core.schema import State
 from export import names
 from export.errors import ModelFileError, ModelMismatchError, ProviderError
-from export.pipeline import ExportedModels, export_round
 from export.runtime import Generator, Sampler, parse_state, select_lowest
 from export.sessions import cuda_device_count, physical_cores, resolve_provider
 
@@ -27,24 +24,15 @@ SHAPE = (8, 8, 1)
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def make_pool(path: Path, shape=SHAPE, n: int = 700, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    images = rng.integers(0, 256, (n, *shape), dtype=np.uint8)
-    with PoolBuilder(path, shape, [str(i) for i in range(10)]) as b:
-        for i in range(0, n, 128):
-            b.add(images[i : i + 128], truth=np.arange(i, min(n, i + 128)) % 10)
-        b.finish(initial=0.2, rng=rng)
-    return images
+make_pool = random_pool
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     d = tmp_path_factory.mktemp("runtime")
     images = make_pool(d / "pools.h5")
-    config = preset("small", SHAPE, 10).model
-    m = build_models(config, 0)
-    report = export_round(ExportedModels(m.g, m.d1, config, 1, "test"), d / "out", images[:64])
-    return d / "pools.h5", images, report.sampler, report.generator
+    sampler, generator = export_untrained(d / "out", images)
+    return d / "pools.h5", images, sampler, generator
 
 
 def test_runtime_imports_and_scores_without_torch(env):
