@@ -49,27 +49,27 @@ def fail(message: str) -> typer.Exit:
     return typer.Exit(ERROR_EXIT_CODE)
 
 
-# packages the base install leaves out -> the extra that brings them
+# import name of a package the base install leaves out -> (its distribution, the extra)
 EXTRA_OF = {
-    "torch": "train",
-    "onnx": "train",
-    "onnxscript": "train",
-    "PIL": "train",
-    "sklearn": "train",
-    "matplotlib": "report",
-    "starlette": "serve",
-    "uvicorn": "serve",
+    "torch": ("torch", "train"),
+    "onnx": ("onnx", "train"),
+    "onnxscript": ("onnxscript", "train"),
+    "PIL": ("Pillow", "train"),
+    "sklearn": ("scikit-learn", "train"),
+    "matplotlib": ("matplotlib", "report"),
+    "starlette": ("starlette", "serve"),
+    "uvicorn": ("uvicorn", "serve"),
 }
 
 
 def missing_extra(e: ModuleNotFoundError) -> str | None:
     """One line naming the extra to install when ``e`` is a package an extra provides."""
-    top = (e.name or "").split(".")[0]
-    extra = EXTRA_OF.get(top)
-    if extra is None:
+    known = EXTRA_OF.get((e.name or "").split(".")[0])
+    if known is None:
         return None
+    package, extra = known
     return (
-        f"this command needs {top}, which the base dgaal install leaves out: "
+        f"this command needs {package}, which the base dgaal install leaves out: "
         f"pip install 'dgaal[{extra}]'"
     )
 

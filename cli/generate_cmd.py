@@ -61,6 +61,8 @@ def generate(
     chosen = parse_ids(ids)
     if out.exists() and out.is_file() and out.suffix != ".npz":
         raise DgaalError(f"--out {out}: exists and is not a .npz file or a folder")
+    if out.suffix != ".npz":
+        import PIL.Image  # noqa: F401  (PNGs need Pillow: say so before generating anything)
     gen = Generator(model, provider=provider.value)
     noise = gen.draw_noise_scales(seed)
     images = gen.generate_pool(pool, chosen, noise)

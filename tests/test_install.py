@@ -116,13 +116,20 @@ def test_base_install_scores_and_generates_like_the_full_install(base_venv, tmp_
     np.testing.assert_array_equal(rows[:, 0], want.ids)
 
     before = _tree_digest(tmp_path)
-    for args in (["round", "--pool", str(pool)], ["export", "--pool", str(pool)]):
+    cases = [
+        (["round", "--pool", str(pool)], "torch"),
+        (["export", "--pool", str(pool)], "torch"),
+        (["pool", "create", "new.h5", "--from", "digits"], "Pillow"),
+        (["generate", "--model", str(generator_path), "--pool", str(pool), "--ids", "1",
+          "--out", "pngs"], "Pillow"),
+    ]  # fmt: skip
+    for args, package in cases:
         res = subprocess.run(
             [dgaal, *args], cwd=tmp_path, capture_output=True, text=True, timeout=120
         )
         lines = res.stderr.strip().splitlines()
         assert res.returncode == 2 and len(lines) == 1, (args, res.stdout, res.stderr)
-        assert "pip install 'dgaal[train]'" in lines[0] and "torch" in lines[0], lines
+        assert f"needs {package}" in lines[0] and "pip install 'dgaal[train]'" in lines[0], lines
     assert _tree_digest(tmp_path) == before  # nothing written
 
 
