@@ -11,7 +11,16 @@ from dgaal_core.errors import DgaalError
 
 from .common import SeedOpt, handle_errors
 from .export_cmd import PoolOpt
-from .score_cmd import ModelOpt, ProviderName, ProviderOpt
+from .score_cmd import (
+    AddressOpt,
+    EngineName,
+    EngineOpt,
+    ModelOpt,
+    ProviderName,
+    ProviderOpt,
+    WorkersOpt,
+    ray_options,
+)
 
 
 def parse_ids(value: str) -> Any:
@@ -52,6 +61,9 @@ def generate(
     ],
     seed: SeedOpt = 0,
     provider: ProviderOpt = ProviderName.auto,
+    engine: EngineOpt = EngineName.local,
+    address: AddressOpt = None,
+    workers: WorkersOpt = None,
 ) -> None:
     """Make G(x) for the given pool images with noise scales drawn from --seed."""
     import numpy as np
@@ -63,9 +75,15 @@ def generate(
         raise DgaalError(f"--out {out}: exists and is not a .npz file or a folder")
     if out.suffix != ".npz":
         import PIL.Image  # noqa: F401  (PNGs need Pillow: say so before generating anything)
-    gen = Generator(model, provider=provider.value)
+    ray = ray_options(engine, address, workers, provider.value, None)
+    gen = Generator(model, provider="cpu" if ray else provider.value)
     noise = gen.draw_noise_scales(seed)
-    images = gen.generate_pool(pool, chosen, noise)
+    if ray is None:
+        images = gen.generate_pool(pool, chosen, noise)
+    else:
+        from export.distributed import generate_pool_ray
+
+        images = generate_pool_ray(model, pool, chosen, noise, ray)
     if out.suffix == ".npz":
         out.parent.mkdir(parents=True, exist_ok=True)
         np.savez_compressed(out, images=images, ids=chosen, noise_scales=noise)

@@ -32,6 +32,7 @@ from .common import (
     method_settings,
     set_torch_threads,
 )
+from .score_cmd import AddressOpt, EngineName, EngineOpt, WorkersOpt, ray_options
 
 PoolOpt = Annotated[Path, typer.Option("--pool", help="Pool file (e.g. pools.h5).")]
 
@@ -120,6 +121,9 @@ def round_command(
         Path | None, typer.Option(help="Checkpoints and ONNX files (default: POOL stem + .dgaal).")
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
+    engine: EngineOpt = EngineName.local,
+    address: AddressOpt = None,
+    workers: WorkersOpt = None,
     abandon: Annotated[
         bool,
         typer.Option(
@@ -152,6 +156,7 @@ def round_command(
         )  # fmt: skip
     except ValueError as e:  # ConfigError and unknown strategies: one line, like every error
         raise DgaalError(str(e)) from None
+    ray = ray_options(engine, address, workers, provider, None)
     from dgaal_core.round import Round
     from export.round_backend import onnx_exporter
 
@@ -160,7 +165,9 @@ def round_command(
     set_torch_threads(preset)
     log = console.print if not quiet else (lambda *_: None)
     with StageProgress(enabled=not quiet) as bars:
-        exporter = onnx_exporter(provider=provider, progress=bars.stage("Scoring candidates"))
+        exporter = onnx_exporter(
+            provider=provider, progress=bars.stage("Scoring candidates"), ray=ray
+        )
         record = Round(pool, cfg, exporter, workdir=workdir, progress=not quiet, log=log).run()
     if record.get("status") == "awaiting_labels":
         typer.echo(

@@ -31,6 +31,56 @@ ModelOpt = Annotated[
 ]
 
 
+class EngineName(str, Enum):
+    """Where scoring and generation run."""
+
+    local = "local"
+    ray = "ray"
+
+
+EngineOpt = Annotated[
+    EngineName,
+    typer.Option(
+        "--engine",
+        help="local: onnxruntime in this process; ray: Ray Data batch inference on a Ray "
+        "cluster (pip install 'dgaal[ray]').",
+    ),
+]
+AddressOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--address",
+        help="--engine ray: auto (the cluster this node joined with `ray start`) or "
+        "ray://HOST:10001; unset: a Ray started in this process.",
+    ),
+]
+WorkersOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--workers",
+        help="--engine ray: onnxruntime actors (default: one per CPU but one, or one per GPU).",
+    ),
+]
+
+
+def ray_options(
+    engine: EngineName, address: str | None, workers: int | None, provider: str, batch: int | None
+) -> Any:
+    """:class:`export.distributed.RayOptions` for ``--engine ray``, else None."""
+    if engine is EngineName.local:
+        if address is not None or workers is not None:
+            raise DgaalError("--address and --workers apply to --engine ray only")
+        return None
+    from export.distributed import RayOptions, require_ray
+
+    require_ray()  # one line if it is not installed, before any work
+    opts = RayOptions(address=address, workers=workers, provider=provider)
+    if batch is not None:
+        opts = RayOptions(address=address, workers=workers, provider=provider, batch_size=batch)
+    opts.check()
+    return opts
+
+
 @handle_errors
 def score(
     model: ModelOpt,
@@ -56,6 +106,9 @@ def score(
     lowest: Annotated[
         int, typer.Option("--lowest", help="Show this many lowest-score ids (the selection).")
     ] = 10,
+    engine: EngineOpt = EngineName.local,
+    address: AddressOpt = None,
+    workers: WorkersOpt = None,
 ) -> None:
     """Score every pool row in --state with D1(G1(x)); the lowest scores are what DGAAL selects."""
     import numpy as np
@@ -72,11 +125,19 @@ def score(
         raise DgaalError(f"--threads: expected a positive integer, got {threads}")
     if lowest < 0:
         raise DgaalError(f"--lowest: expected an integer >= 0, got {lowest}")
-    sampler = Sampler(model, provider=provider.value, threads=threads)
+    ray = ray_options(engine, address, workers, provider.value, batch_size)
+    sampler = Sampler(model, provider="cpu" if ray else provider.value, threads=threads)
     with StageProgress(unit="images") as bars:
-        result = sampler.score_pool(
-            pool, state=parse_state(state), batch_size=batch_size, progress=bars.stage("score")
-        )
+        if ray is None:
+            result = sampler.score_pool(
+                pool, state=parse_state(state), batch_size=batch_size, progress=bars.stage("score")
+            )
+        else:
+            from export.distributed import score_pool_ray
+
+            result = score_pool_ray(
+                model, pool, state=parse_state(state), options=ray, progress=bars.stage("score")
+            )
     if out is not None:
         write_scores(out, result.ids, result.scores)
     how = sampler.info.precision
@@ -84,8 +145,8 @@ def score(
         how += f" + fp32 rescoring of the lowest {sampler.rescore_fraction:.0%}"
     typer.echo(
         f"scored {result.ids.size} images of {pool} in {result.seconds:.2f} s "
-        f"({result.images_per_second:,.0f} images/s, {sampler.provider}, {how})"
-        + (f"; wrote {out}" if out else "")
+        f"({result.images_per_second:,.0f} images/s, "
+        f"{'Ray' if ray else sampler.provider}, {how})" + (f"; wrote {out}" if out else "")
     )
     chosen = select_lowest(result.ids, result.scores, lowest)
     if chosen.size:

@@ -134,7 +134,7 @@ class _ShardedImages:
         order = np.argsort(ids, kind="stable")
         sorted_ids = ids[order]
         out = np.empty((ids.size, *self.image_shape), dtype=np.uint8)
-        for a, b in _blocks(sorted_ids):
+        for a, b in contiguous_runs(sorted_ids):
             lo, hi = int(sorted_ids[a]), int(sorted_ids[b - 1]) + 1
             block = self.read_range(lo, hi)
             out[order[a:b]] = block[sorted_ids[a:b] - lo]
@@ -146,8 +146,9 @@ class _ShardedImages:
         self._files.clear()
 
 
-def _blocks(sorted_ids: np.ndarray) -> Iterator[tuple[int, int]]:
-    """Split sorted ids into index ranges ``[a, b)`` that are each read as one contiguous block."""
+def contiguous_runs(sorted_ids: np.ndarray) -> Iterator[tuple[int, int]]:
+    """Split sorted ids into index ranges ``[a, b)`` that are each read as one contiguous block
+    (ids closer than ``MERGE_GAP`` merged, at most ``MAX_BLOCK_ROWS`` rows per block)."""
     n = sorted_ids.size
     if n == 0:
         return
@@ -271,6 +272,11 @@ class PoolReader:
         return np.asarray(truth, dtype=TRUTH_DTYPE)[np.asarray(ids, dtype=np.int64)]
 
     # ---- images ---------------------------------------------------------------------------
+    def shard_files(self) -> list[tuple[Path, int, int]]:
+        """``(path, first pool row, rows)`` of each image shard, in row order."""
+        folder = shard_dir(self.path)
+        return [(folder / s.name, s.start, s.rows) for s in self._pool_shards]
+
     def check_shards(self) -> None:
         """Open every shard and verify its shape; raises :class:`PoolFormatError` if damaged."""
         self._images.check()

@@ -42,19 +42,57 @@ class OnnxServed:
     def generate(self, images: np.ndarray, seed: int, spread: float = 0.05) -> np.ndarray:
         """G(x) with noise-head scales drawn uniformly in ``[1 - spread, 1 + spread]`` from
         ``seed`` (0.05 is the paper's [0.95, 1.05])."""
-        rng = np.random.default_rng(seed)
-        noise = rng.uniform(1.0 - spread, 1.0 + spread, self.generator.noise_channels)
-        return self.generator.generate(images, noise.astype(np.float32), self.batch_size)
+        noise = round_noise(seed, spread, self.generator.noise_channels)
+        return self.generator.generate(images, noise, self.batch_size)
+
+
+def round_noise(seed: int, spread: float, channels: int) -> np.ndarray:
+    """The round's noise-head scales: uniform in ``[1 - spread, 1 + spread]``, from ``seed``."""
+    rng = np.random.default_rng(seed)
+    return rng.uniform(1.0 - spread, 1.0 + spread, channels).astype(np.float32)
+
+
+class RayServed:
+    """The same as :class:`OnnxServed`, with scoring and generation run on Ray Data
+    (:mod:`export.distributed`); selections are identical to the local engine's."""
+
+    def __init__(
+        self, sampler: Sampler, generator: Generator, options: Any, progress: Progress | None
+    ):
+        self.sampler, self.generator = sampler, generator
+        self.options, self.progress = options, progress
+
+    def score_pool(self, pool_path: Path, ids: np.ndarray) -> np.ndarray:
+        """D1 scores for ``ids``, in the order given."""
+        from .distributed import score_pool_ray
+
+        res = score_pool_ray(
+            self.sampler.path, pool_path, ids, options=self.options, progress=self.progress
+        )
+        return res.scores[np.searchsorted(res.ids, np.asarray(ids, dtype=np.int64))]
+
+    def generate(self, images: np.ndarray, seed: int, spread: float = 0.05) -> np.ndarray:
+        """G(x) like :meth:`OnnxServed.generate`, on the Ray cluster."""
+        from .distributed import generate_images_ray
+
+        noise = round_noise(seed, spread, self.generator.noise_channels)
+        return generate_images_ray(self.generator.path, images, noise, self.options)
 
 
 def onnx_exporter(
-    provider: str = "auto", batch_size: int = 512, progress: Progress | None = None
-) -> Callable[[Any, RunConfig, Path, int, Path], OnnxServed]:
+    provider: str = "auto",
+    batch_size: int = 512,
+    progress: Progress | None = None,
+    ray: Any = None,
+) -> Callable[[Any, RunConfig, Path, int, Path], OnnxServed | RayServed]:
     """An exporter for :class:`dgaal_core.round.Round`: writes ``sampler.onnx`` and
     ``generator.onnx`` (parity-checked against PyTorch on pool images) into the round folder and
-    opens one onnxruntime session for each."""
+    opens one onnxruntime session for each; with ``ray`` (:class:`export.distributed.RayOptions`)
+    the round scores and generates on a Ray cluster instead."""
 
-    def export(models: Any, run: RunConfig, out_dir: Path, round_no: int, pool: Path) -> OnnxServed:
+    def export(
+        models: Any, run: RunConfig, out_dir: Path, round_no: int, pool: Path
+    ) -> OnnxServed | RayServed:
         with PoolReader(pool) as reader:
             parity = sample_pool_images(reader, PARITY_IMAGES, seed=run.train.seed)
         g, d1 = models.g, models.d1
@@ -71,11 +109,10 @@ def onnx_exporter(
         finally:
             g.train(was[0])
             d1.train(was[1])
-        return OnnxServed(
-            Sampler(report.sampler, provider=provider),
-            Generator(report.generator, provider=provider),
-            batch_size,
-            progress,
-        )
+        sampler = Sampler(report.sampler, provider=provider)
+        generator = Generator(report.generator, provider=provider)
+        if ray is not None:
+            return RayServed(sampler, generator, ray, progress)
+        return OnnxServed(sampler, generator, batch_size, progress)
 
     return export

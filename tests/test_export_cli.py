@@ -220,6 +220,27 @@ def test_bad_inputs_give_one_line_errors(exported, tmp_path):
         ),
         (("export", "--pool", rgb, "--checkpoint", tmp_path / "c.pt"), ("c.pt",)),
         (("export", "--pool", pool, "--untrained"), ("--out",)),
+        (("score", "--model", sampler, "--pool", pool, "--workers", "2"), ("--engine ray",)),
+        (
+            (
+                "generate",
+                "--model",
+                gen,
+                "--pool",
+                pool,
+                "--ids",
+                "1",
+                "--out",
+                tmp_path / "o",
+                "--address",
+                "auto",
+            ),
+            ("--engine ray only",),
+        ),
+        (
+            ("score", "--model", sampler, "--pool", pool, "--engine", "ray", "--workers", "0"),
+            ("--workers: expected an integer >= 1",),
+        ),
     ]
     for args, needles in cases:
         code, _, err = dgaal(*args)

@@ -24,7 +24,7 @@ from export.runtime import Generator, Sampler
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = ("pyproject.toml", "README.md", "dgaal_core", "export", "cli")
-TRAINING_ONLY = ("torch", "onnx", "onnxscript", "sklearn", "PIL", "matplotlib", "starlette")
+TRAINING_ONLY = ("torch", "onnx", "onnxscript", "sklearn", "PIL", "matplotlib", "starlette", "ray")
 
 pytestmark = pytest.mark.slow
 
