@@ -248,7 +248,8 @@ def test_cli_experiment_with_counts_then_report(tmp_path):
     out = tmp_path / "exp"
     args = ["experiment", "--pool", str(source), "--out", str(out), "--strategies", "random",
             "--seeds", "0,1", "--initial", "20", "--step", "10", "--until", "40",
-            "--gan-steps", "4", "--task-epochs", "1", "--provider", "cpu", "--report"]  # fmt: skip
+            "--gan-steps", "4", "--task-epochs", "1", "--task-min-steps", "0", "--provider", "cpu",
+            "--report"]  # fmt: skip
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
     assert "random" in res.stdout and "40%" in res.stdout
