@@ -168,32 +168,37 @@ class _ReadSpec:
     ids: np.ndarray  # ascending pool ids inside this shard
 
 
-def _read_spec(pool: str, spec: _ReadSpec, image_shape: tuple[int, ...]) -> list[Any]:
-    """Runs inside a Ray worker: read ``spec.ids`` from one shard, return one block."""
+def _open_shard(pool: str, shard: str, image_shape: tuple[int, ...], last: int) -> Any:
+    """The open h5py file of ``shard``, checked to hold rows ``0..last`` of ``image_shape``;
+    else :class:`RayEngineError` naming this node, the shard and the pool."""
     import h5py
-    from ray.data.block import BlockAccessor
 
     where = f"node {socket.gethostname()}"
     try:
-        f = h5py.File(spec.shard, "r", locking=False)
+        f = h5py.File(shard, "r", locking=False)
     except OSError as e:
         raise RayEngineError(
-            f"{where} cannot open shard {spec.shard} of pool {pool} ({e}); every node must "
+            f"{where} cannot open shard {shard} of pool {pool} ({e}); every node must "
             "reach the pool's files at the same path"
         ) from None
-    with f:
-        try:
-            ds = f[IMAGES]
-        except KeyError:
-            raise RayEngineError(
-                f"{where}: shard {spec.shard} of pool {pool} has no images"
-            ) from None
-        local = spec.ids - spec.start
-        if tuple(ds.shape[1:]) != image_shape or (local.size and local[-1] >= ds.shape[0]):
-            raise RayEngineError(
-                f"{where}: shard {spec.shard} of pool {pool} holds {ds.shape}, which does not "
-                "match the pool's index (run `dgaal pool check`)"
-            )
+    ds = f.get(IMAGES)
+    if ds is None or tuple(ds.shape[1:]) != image_shape or last >= ds.shape[0]:
+        shape = None if ds is None else ds.shape
+        f.close()
+        raise RayEngineError(
+            f"{where}: shard {shard} of pool {pool} holds {shape}, which does not match the "
+            "pool's index (run `dgaal pool check`)"
+        )
+    return f
+
+
+def _read_spec(pool: str, spec: _ReadSpec, image_shape: tuple[int, ...]) -> list[Any]:
+    """Runs inside a Ray worker: read ``spec.ids`` from one shard, return one block."""
+    from ray.data.block import BlockAccessor
+
+    local = spec.ids - spec.start
+    with _open_shard(pool, spec.shard, image_shape, int(local[-1]) if local.size else -1) as f:
+        ds = f[IMAGES]
         images = np.empty((local.size, *image_shape), np.uint8)
         for a, b in contiguous_runs(local):
             lo, hi = int(local[a]), int(local[b - 1]) + 1
@@ -220,6 +225,8 @@ def _datasource_class() -> type:
             for path, start, rows in shards:
                 lo, hi = np.searchsorted(ids, [start, start + rows])
                 inside = ids[lo:hi]
+                if inside.size:  # check on the driver first: a failed Ray run is slow to undo
+                    _open_shard(self.pool, str(path), self.image_shape, rows - 1).close()
                 for i in range(0, inside.size, rows_per_task):
                     self.specs.append(_ReadSpec(str(path), start, inside[i : i + rows_per_task]))
             self.image_bytes = int(np.prod(self.image_shape))
@@ -304,15 +311,21 @@ def _run(
     done = 0
     if progress is not None:
         progress(0, total)
+    batches = mapped.iter_batches(batch_size=None, batch_format="numpy")
+    failure: Exception | None = None
     try:
-        for batch in mapped.iter_batches(batch_size=None, batch_format="numpy"):
+        for batch in batches:
             part = {c: batch[c] for c in columns}
             done += int(part["id"].size)
             if progress is not None:
                 progress(done, total)
             yield part
     except Exception as e:  # Ray wraps worker errors; keep our one line where there is one
-        raise _one_line(e) from None
+        failure = _one_line(e)
+        if failure is e:
+            raise
+    if failure is not None:  # raised here, not in the except block: no chained Ray traceback
+        raise failure
 
 
 def _one_line(e: Exception) -> Exception:

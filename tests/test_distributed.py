@@ -126,6 +126,9 @@ def test_missing_or_corrupt_shard_is_one_error_and_nothing_written(local_ray, mo
     with pytest.raises(RayEngineError, match=f"cannot open shard {second}"):
         score_pool_ray(sampler_path, copy, state=None, options=local_ray)
     assert copy.read_bytes() == before
+    # the failed runs released their actors: the next run in this process does not stall
+    ok = score_pool_ray(sampler_path, pool, ids=[1, 2], options=local_ray)
+    assert ok.ids.tolist() == [1, 2]
 
 
 def _actor_pids() -> list[int]:
