@@ -78,6 +78,18 @@ def briefly_trained(
     return ExportedModels(m.g, m.d1, run.model, 0, source)
 
 
+def untrained_sampler(preset_name: str, out: Path) -> Path:
+    """``sampler.onnx`` of freshly initialised models (speed does not depend on the weights)."""
+    from dgaal_core.config import preset
+    from dgaal_core.models import build_models
+    from export.pipeline import ExportedModels, export_round
+
+    config = preset(preset_name, SHAPE, 10).model
+    m = build_models(config, 0)
+    models = ExportedModels(m.g, m.d1, config, 0, "untrained")
+    return export_round(models, out, digits_rgb(64)).sampler
+
+
 def count_macs(module: nn.Module, *args: Any) -> int:
     """Multiply-accumulates of one forward pass (Conv2d, ConvTranspose2d, Linear) via hooks."""
     import torch

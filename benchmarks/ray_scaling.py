@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.onnx_common import RESULTS, machine, md_table, write_results
+from benchmarks.onnx_common import RESULTS, machine, md_table, untrained_sampler, write_results
 from benchmarks.onnx_scaling import _status_mib, evict, make_pool
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,18 +74,6 @@ def run_child(mode: str, model: Path, pool: Path, workers: int) -> dict[str, Any
     if res.returncode != 0:
         raise RuntimeError(f"child {mode} {pool} failed:\n{res.stderr[-3000:]}")
     return json.loads(res.stdout.strip().splitlines()[-1])
-
-
-def export_small(out: Path) -> Path:
-    from benchmarks.onnx_common import SHAPE, digits_rgb
-    from dgaal_core.config import preset
-    from dgaal_core.models import build_models
-    from export.pipeline import ExportedModels, export_round
-
-    config = preset("small", SHAPE, 10).model
-    m = build_models(config, 0)
-    report = export_round(ExportedModels(m.g, m.d1, config, 0, "untrained"), out, digits_rgb(64))
-    return report.sampler
 
 
 def markdown(data: dict[str, Any]) -> str:
@@ -153,7 +141,7 @@ def main() -> None:
         return
 
     args.dir.mkdir(parents=True, exist_ok=True)
-    model = export_small(args.dir / "ray-model")
+    model = untrained_sampler("small", args.dir / "ray-model")
     sizes = sorted({args.compare_size, *(int(s) for s in args.rss_sizes.split(","))})
     pools = {n: make_pool(args.dir / f"pool-{n}.h5", n) for n in sizes}
     compare: dict[str, Any] = {}

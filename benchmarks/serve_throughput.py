@@ -26,7 +26,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from onnx_common import SHAPE, digits_rgb, interleaved_best, machine, md_table, write_results
+from onnx_common import (
+    digits_rgb,
+    interleaved_best,
+    machine,
+    md_table,
+    untrained_sampler,
+    write_results,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 HEADER = [
@@ -37,18 +44,6 @@ HEADER = [
     "HTTP / in-process",
     "HTTP overhead ms/request",
 ]
-
-
-def export_sampler(preset_name: str, out: Path) -> Path:
-    """``sampler.onnx`` of freshly initialised models (throughput does not depend on weights)."""
-    from dgaal_core.config import preset
-    from dgaal_core.models import build_models
-    from export.pipeline import ExportedModels, export_round
-
-    config = preset(preset_name, SHAPE, 10).model
-    m = build_models(config, 0)
-    images = digits_rgb(64)
-    return export_round(ExportedModels(m.g, m.d1, config, 0, "untrained"), out, images).sampler
 
 
 def free_port() -> int:
@@ -136,7 +131,7 @@ def main() -> None:
     data["load_average_at_start"] = round(os.getloadavg()[0], 2)
     for preset_name in args.presets.split(","):
         with tempfile.TemporaryDirectory() as tmp:
-            model = export_sampler(preset_name, Path(tmp))
+            model = untrained_sampler(preset_name, Path(tmp))
             sampler = Sampler(model, provider="cpu", threads=args.threads)
             port = free_port()
             proc = start_service(model, port, args.threads)
