@@ -74,9 +74,8 @@ def ray_options(
     from export.distributed import RayOptions, require_ray
 
     require_ray()  # one line if it is not installed, before any work
-    opts = RayOptions(address=address, workers=workers, provider=provider)
-    if batch is not None:
-        opts = RayOptions(address=address, workers=workers, provider=provider, batch_size=batch)
+    sized = {} if batch is None else {"batch_size": batch}
+    opts = RayOptions(address=address, workers=workers, provider=provider, **sized)
     opts.check()
     return opts
 
