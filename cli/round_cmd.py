@@ -172,8 +172,10 @@ def round_command(
     if record.get("status") == "awaiting_labels":
         typer.echo(
             f"round {record['round']}: {record['queried']} images to label are in "
-            f"{record['queries']}; fill in the 'label' column of queries.csv, then run "
-            f"`dgaal label --pool {pool} {record['queries']}/queries.csv` and `dgaal round` again"
+            f"{record['queries']}; fill in the 'label' column of queries.csv (or import "
+            "label_studio_tasks.json into a Label Studio project made with label_config.xml "
+            f"and export it), then run `dgaal label --pool {pool} ANSWERS` and `dgaal round` "
+            "again"
         )
         return
     _summary(record)
@@ -198,16 +200,26 @@ def _abandon(pool: Path, workdir: Path | None) -> None:
 def label_command(
     pool: PoolOpt,
     answers: Annotated[
-        Path, typer.Argument(help="CSV with columns id,label (queries.csv filled in).")
+        Path,
+        typer.Argument(
+            help="queries.csv with its label column filled in, or a Label Studio export of the "
+            "round's tasks (JSON, JSON-MIN, CSV or TSV)."
+        ),
     ],
 ) -> None:
     """Import a person's answers for the queried images of the current round."""
     from dgaal_core.oracle import apply_answers
 
     out = apply_answers(pool, answers)
+    notes = [
+        f"{out['skipped']} skipped or not annotated" if out["skipped"] else "",
+        f"{out['already']} imported before" if out["already"] else "",
+        f"{out['other_rounds']} tasks of other rounds ignored" if out["other_rounds"] else "",
+    ]
+    said = "".join(f"; {x}" for x in notes if x)
     left = out["still_queried"]
     more = f"; {left} still waiting" if left else "; run `dgaal round` to finish the round"
-    typer.echo(f"round {out['round']}: {out['answered']} answers imported{more}")
+    typer.echo(f"round {out['round']}: {out['answered']} answers imported{said}{more}")
 
 
 def register(app: typer.Typer) -> None:

@@ -2,11 +2,12 @@
 
 - simulated: answers from the pool's hidden ``truth`` (the paper's protocol). This module's
   :func:`simulated_answers` is the only code that reads ``truth`` for answering.
-- human: a query package (CSV, PNGs, a contact sheet, Label Studio tasks) goes out; a person's
-  answers CSV comes back through :func:`read_answers`, which validates everything before
-  :func:`apply_answers` (``dgaal label``) writes anything.
+- human: a query package (CSV, PNGs, a contact sheet, Label Studio tasks and config) goes out; a
+  person's answers come back as the filled-in CSV (:func:`read_answers`) or a Label Studio export
+  (:func:`read_export`), validated in full before :func:`apply_answers` (``dgaal label``) writes
+  anything.
 
-Imports no torch, so ``dgaal label`` starts fast.
+Imports no torch and no Pillow, so ``dgaal label`` starts fast on the base install.
 """
 
 from __future__ import annotations
@@ -14,11 +15,20 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from .errors import DgaalError
-from .pictures import contact_sheet, save_png
+from .label_studio import (
+    ExportAnswers,
+    Vote,
+    label_config,
+    make_task,
+    png_data_uri,
+    read_votes,
+)
+from .label_studio import is_export as is_label_studio_export
 from .pool import PoolReader
 from .pool_writer import PoolWriter
 from .schema import State
@@ -39,51 +49,62 @@ def write_query_package(
     images: np.ndarray,
     suggested: np.ndarray | None,
     class_names: list[str],
+    *,
+    round_no: int = 1,
+    pool_id: str | None = None,
+    confidence: np.ndarray | None = None,
+    d1_scores: np.ndarray | None = None,
+    files_root: Path | None = None,
 ) -> dict[str, str]:
     """Write what a person needs to label ``ids``; returns the paths written.
 
     - ``queries.csv``: ``id,suggested_label,label`` (fill in ``label``: a class name or index);
     - ``images/<id>.png``: each image, lossless;
     - ``contact_sheet.png``: all of them in a grid, captioned with their ids;
-    - ``label_studio_tasks.json``: tasks for Label Studio's image classification template
-      (``data.image`` is a local-files URL relative to the package folder).
+    - ``label_config.xml``: a Label Studio image-classification config with the pool's classes;
+    - ``label_studio_tasks.json``: one task per image, the image inline as a PNG data URI, T's
+      class (``suggested``, with ``confidence``) as a prediction, D1's score in the data;
+    - ``label_studio_tasks_local_files.json``: the same tasks, the images as Label Studio
+      local-files URLs relative to ``files_root`` (default: ``out_dir``), for images too large
+      to inline.
     """
+    from .pictures import contact_sheet, png_bytes  # Pillow: only when writing pictures
+
     out_dir.mkdir(parents=True, exist_ok=True)
     img_dir = out_dir / "images"
     img_dir.mkdir(exist_ok=True)
-    tasks = []
+    rel = img_dir.resolve().relative_to((files_root or out_dir).resolve()).as_posix()
+    inline, local = [], []
     with open(out_dir / "queries.csv", "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["id", "suggested_label", "label"])
         for k, (i, img) in enumerate(zip(ids.tolist(), images, strict=True)):
-            save_png(img, img_dir / f"{i}.png")
-            hint = class_names[int(suggested[k])] if suggested is not None else ""
-            w.writerow([i, hint, ""])
-            task: dict = {"id": i, "data": {"image": f"/data/local-files/?d=images/{i}.png"}}
-            if hint:
-                task["predictions"] = [
-                    {
-                        "model_version": "dgaal-T",
-                        "result": [
-                            {
-                                "from_name": "choice",
-                                "to_name": "image",
-                                "type": "choices",
-                                "value": {"choices": [hint]},
-                            }
-                        ],
-                    }
-                ]
-            tasks.append(task)
-    (out_dir / "label_studio_tasks.json").write_text(json.dumps(tasks, indent=1))
-    sheet = contact_sheet(images, captions=[str(i) for i in ids.tolist()])
-    sheet.save(out_dir / "contact_sheet.png")
-    return {
-        "csv": str(out_dir / "queries.csv"),
-        "contact_sheet": str(out_dir / "contact_sheet.png"),
-        "label_studio": str(out_dir / "label_studio_tasks.json"),
-        "images": str(img_dir),
+            png = png_bytes(img)
+            (img_dir / f"{i}.png").write_bytes(png)
+            hint = class_names[int(suggested[k])] if suggested is not None else None
+            w.writerow([i, hint or "", ""])
+            common: dict[str, Any] = {
+                "round_no": round_no,
+                "pool": pool_id,
+                "suggestion": hint,
+                "confidence": None if confidence is None else confidence[k],
+                "d1_score": None if d1_scores is None else d1_scores[k],
+            }
+            inline.append(make_task(i, png_data_uri(png), **common))
+            local.append(make_task(i, f"/data/local-files/?d={rel}/{i}.png", **common))
+    paths = {
+        "csv": out_dir / "queries.csv",
+        "contact_sheet": out_dir / "contact_sheet.png",
+        "label_config": out_dir / "label_config.xml",
+        "label_studio": out_dir / "label_studio_tasks.json",
+        "label_studio_local_files": out_dir / "label_studio_tasks_local_files.json",
+        "images": img_dir,
     }
+    paths["label_config"].write_text(label_config(class_names))
+    paths["label_studio"].write_text(json.dumps(inline, indent=1))
+    paths["label_studio_local_files"].write_text(json.dumps(local, indent=1))
+    contact_sheet(images, captions=[str(i) for i in ids.tolist()]).save(paths["contact_sheet"])
+    return {k: str(v) for k, v in paths.items()}
 
 
 def _parse_label(raw: str, class_names: list[str], where: str) -> int:
@@ -160,21 +181,112 @@ def read_answers(path: Path, reader: PoolReader) -> tuple[np.ndarray, np.ndarray
     return ids[order], labels[order]
 
 
-def apply_answers(pool_path: Path, answers_csv: Path) -> dict[str, int]:
+def _export_conflicts(
+    path: Path, by_id: dict[int, list[tuple[int, str]]], names: list[str]
+) -> None:
+    conflicts = [pid for pid, xs in by_id.items() if len({lab for lab, _ in xs}) > 1]
+    if conflicts:
+        pid = conflicts[0]
+        shown = ", ".join(sorted({repr(names[lab]) for lab, _ in by_id[pid]}))
+        raise AnswersError(
+            f"{path}: {len(conflicts)} tasks with conflicting annotations, nothing imported; "
+            f"first: id {pid} is {shown} ({by_id[pid][0][1]}); settle them in Label Studio "
+            "and export again"
+        )
+
+
+def read_export(path: Path, reader: PoolReader, round_no: int) -> ExportAnswers:
+    """Parse and validate a Label Studio export (JSON, JSON-MIN, CSV or TSV) of the tasks
+    :func:`write_query_package` wrote, for the pending round ``round_no``.
+
+    Several annotations of one task that agree count once; ones that disagree are a conflict
+    (an error, nothing written). Skipped (cancelled) or unannotated tasks leave their image
+    queried. Tasks of other rounds (one project kept across rounds) are ignored, as are answers
+    imported before with the same label; tasks of another pool are an error.
+    """
+    votes: list[Vote] = read_votes(path)
+    if not votes:
+        raise AnswersError(f"{path}: no tasks in this export")
+    states, labels_now, names = reader.states, reader.labels, reader.class_names
+    other, unanswered = 0, set()
+    by_id: dict[int, list[tuple[int, str]]] = {}
+    for v in votes:
+        if v.pool is not None and reader.pool_id is not None and v.pool != reader.pool_id:
+            raise AnswersError(
+                f"{v.where}: a task of another pool (pool id {v.pool}; this pool's id is "
+                f"{reader.pool_id})"
+            )
+        if v.round_no is not None and int(v.round_no) != round_no:
+            other += 1
+            continue
+        if not 0 <= v.pool_id < reader.num_rows:
+            raise AnswersError(
+                f"{v.where}: id {v.pool_id} is not in the pool (0..{reader.num_rows - 1})"
+            )
+        if v.label is None:
+            unanswered.add(v.pool_id)
+        else:
+            by_id.setdefault(v.pool_id, []).append((_parse_label(v.label, names, v.where), v.where))
+    _export_conflicts(path, by_id, names)
+    ids, labels, already = [], [], 0
+    for pid, votes_of in by_id.items():
+        label, where = votes_of[0]
+        if states[pid] == State.QUERIED:
+            ids.append(pid)
+            labels.append(label)
+        elif states[pid] == State.LABELLED and labels_now[pid] == label:
+            already += 1  # imported from an earlier export of the same project
+        elif states[pid] == State.LABELLED and labels_now[pid] >= 0:
+            raise AnswersError(
+                f"{where}: id {pid} was imported as {names[labels_now[pid]]!r}, the export now "
+                f"says {names[label]!r}; nothing imported"
+            )
+        else:
+            raise AnswersError(f"{where}: id {pid} is not waiting for an answer (not queried)")
+    if not ids and not already:
+        rounds = f"; {other} tasks of other rounds ignored" if other else ""
+        raise AnswersError(
+            f"{path}: no answers for round {round_no} ({len(unanswered)} tasks skipped or "
+            f"not annotated{rounds})"
+        )
+    order = np.argsort(np.asarray(ids, dtype=np.int64))
+    return ExportAnswers(
+        ids=np.asarray(ids, dtype=np.int64)[order],
+        labels=np.asarray(labels, dtype=np.int64)[order],
+        unanswered=sorted(p for p in unanswered if p not in by_id and states[p] == State.QUERIED),
+        other_rounds=other,
+        already=already,
+    )
+
+
+def apply_answers(pool_path: Path, answers: Path) -> dict[str, int]:
     """``dgaal label``: import a person's answers for queried rows of the pending round.
 
-    Everything is validated before anything is written (see :func:`~dgaal_core.oracle.
-    read_answers`). When no queried row is left, the pending round moves on to phase
-    ``selected`` and the next ``dgaal round`` finishes it.
+    ``answers`` is the filled-in ``queries.csv`` (any CSV with ``id`` and ``label``) or a Label
+    Studio export of the round's tasks (JSON, JSON-MIN, CSV or TSV; see :func:`read_export`).
+    Everything is validated before anything is written. When no queried row is left, the
+    pending round moves on to phase ``selected`` and the next ``dgaal round`` finishes it.
     """
+    answers = Path(answers)
     with PoolWriter(pool_path, purpose="dgaal label") as w, PoolReader(pool_path) as r:
-        ids, labels = read_answers(Path(answers_csv), r)
         pending = r.meta.get("pending_round") or {}
         n = int(pending.get("round", len(r.rounds()) + 1))
-        w.set_labels(ids, labels)
-        w.set_state(ids, State.LABELLED, round_no=n)
+        extra = {"skipped": 0, "other_rounds": 0, "already": 0}
+        if answers.is_file() and is_label_studio_export(answers):
+            got = read_export(answers, r, n)
+            ids, labels = got.ids, got.labels
+            extra = {
+                "skipped": len(got.unanswered),
+                "other_rounds": got.other_rounds,
+                "already": got.already,
+            }
+        else:
+            ids, labels = read_answers(answers, r)
+        if ids.size:
+            w.set_labels(ids, labels)
+            w.set_state(ids, State.LABELLED, round_no=n)
         left = int(np.sum(w.field("state") == State.QUERIED))
         if pending and left == 0:
             w.update_meta(pending_round={**pending, "phase": "selected"})
         w.commit()
-    return {"answered": int(ids.size), "still_queried": left, "round": n}
+    return {"answered": int(ids.size), "still_queried": left, "round": n, **extra}

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -18,9 +18,11 @@ def to_pil(image: np.ndarray) -> Image.Image:
     return Image.fromarray(image, mode="RGB")
 
 
-def save_png(image: np.ndarray, path: Path) -> None:
-    """Write one uint8 [H, W, C] image losslessly."""
-    to_pil(image).save(path, format="PNG")
+def png_bytes(image: np.ndarray) -> bytes:
+    """One uint8 [H, W, C] image as PNG bytes (lossless)."""
+    buf = io.BytesIO()
+    to_pil(image).save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def contact_sheet(

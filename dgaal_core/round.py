@@ -98,6 +98,8 @@ class Round:
         self._run_cfg: RunConfig | None = None  # derived once per run from config + pool shape
         self._coevolved: DGAALTrainer | None = None  # kept for T's checkpoint in the same run
         self._diagnostics: dict[str, Any] = {}  # selection diagnostics for the round record
+        # (sorted candidate ids, their D1 scores) of this run's selection, for the human's tasks
+        self._d1_scores: tuple[np.ndarray, np.ndarray] | None = None
 
     # ---- helpers ---------------------------------------------------------------------------
     def _timed(self, phase: str, start: float) -> None:
@@ -260,6 +262,7 @@ class Round:
         served = self._serve(trainer, n, rdir)
         t1 = time.perf_counter()
         scores = served.score_pool(self.pool_path, candidates)
+        self._d1_scores = (candidates, scores)
         labelled = reader.ids(State.LABELLED)
         self._diagnostics["d1_auc"] = roc_auc(
             served.score_pool(self.pool_path, labelled), scores
@@ -307,12 +310,25 @@ class Round:
             pending["phase"] = "selected"
         else:
             task = self._previous_task(n, reader) if need.size else None
-            suggested = None
+            suggested = confidence = None
             if task is not None:
                 probs, _ = task_outputs(task, reader, need, device=self.config.device)
-                suggested = probs.argmax(1)
+                suggested, confidence = probs.argmax(1), probs.max(1)
+            d1 = None
+            if self._d1_scores is not None:  # D1's score of each queried row (sorted candidates)
+                cand, scores = self._d1_scores
+                d1 = scores[np.searchsorted(cand, need)]
             out = write_query_package(
-                rdir / "queries", need, reader.read_images(need), suggested, reader.class_names
+                rdir / "queries",
+                need,
+                reader.read_images(need),
+                suggested,
+                reader.class_names,
+                round_no=n,
+                pool_id=reader.pool_id,
+                confidence=confidence,
+                d1_scores=d1,
+                files_root=self.workdir.parent,  # LS document root: storage = the workdir
             )
             w.set_state(need, State.QUERIED)
             pending["phase"] = "awaiting_labels" if need.size else "selected"
@@ -451,7 +467,7 @@ class Round:
         same pool fails at once with a message naming this one.
         """
         self._served, self._run_cfg, self._coevolved = None, None, None  # fresh per run
-        self._diagnostics = {}
+        self._diagnostics, self._d1_scores = {}, None
         if self.workdir.exists() and not self.workdir.is_dir():
             raise DgaalError(f"--workdir {self.workdir}: exists and is not a folder")
         with PoolWriter(self.pool_path, purpose="dgaal round") as w:

@@ -140,3 +140,33 @@ def _tree_digest(folder: Path) -> str:
         if p.is_file():
             h.update(p.read_bytes())
     return h.hexdigest()
+
+
+def test_base_install_imports_a_label_studio_export(base_venv, tmp_path):
+    """``dgaal label`` needs neither torch nor Pillow: a labelling workstation can run it."""
+    from dgaal_core.pool import PoolReader
+    from dgaal_core.pool_writer import PoolWriter
+    from dgaal_core.schema import State
+
+    pool = tmp_path / "pools.h5"
+    random_pool(pool, n=40)
+    with PoolReader(pool) as r:
+        queried = r.ids(State.UNLABELLED)[:3].tolist()
+    with PoolWriter(pool) as w:
+        w.set_state(queried, State.QUERIED)
+        w.commit()
+    export = [
+        {"id": k, "data": {"image": "x", "dgaal_id": pid, "dgaal_round": 1},
+         "annotations": [{"id": k, "was_cancelled": False, "result": [
+             {"from_name": "label", "to_name": "image", "type": "choices",
+              "value": {"choices": ["7"]}}]}]}
+        for k, pid in enumerate(queried[:2])
+    ]  # fmt: skip
+    (tmp_path / "export.json").write_text(json.dumps(export))
+    out = _run(
+        [str(base_venv.parent / "dgaal"), "label", "--pool", str(pool), "export.json"], cwd=tmp_path
+    )
+    assert "round 1: 2 answers imported; 1 still waiting" in out.stdout
+    with PoolReader(pool) as r:
+        assert r.labels[queried[:2]].tolist() == [7, 7]
+        assert r.states[queried].tolist() == [State.LABELLED, State.LABELLED, State.QUERIED]
