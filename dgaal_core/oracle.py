@@ -181,17 +181,15 @@ def read_answers(path: Path, reader: PoolReader) -> tuple[np.ndarray, np.ndarray
     return ids[order], labels[order]
 
 
-def _export_conflicts(
-    path: Path, by_id: dict[int, list[tuple[int, str]]], names: list[str]
-) -> None:
+def _export_conflicts(by_id: dict[int, list[tuple[int, str]]], names: list[str]) -> None:
     conflicts = [pid for pid, xs in by_id.items() if len({lab for lab, _ in xs}) > 1]
     if conflicts:
         pid = conflicts[0]
         shown = ", ".join(sorted({repr(names[lab]) for lab, _ in by_id[pid]}))
         raise AnswersError(
-            f"{path}: {len(conflicts)} tasks with conflicting annotations, nothing imported; "
-            f"first: id {pid} is {shown} ({by_id[pid][0][1]}); settle them in Label Studio "
-            "and export again"
+            f"{by_id[pid][0][1]}: id {pid} has conflicting annotations {shown} "
+            f"({len(conflicts)} such tasks, nothing imported); settle them in Label Studio and "
+            "export again"
         )
 
 
@@ -227,7 +225,7 @@ def read_export(path: Path, reader: PoolReader, round_no: int) -> ExportAnswers:
             unanswered.add(v.pool_id)
         else:
             by_id.setdefault(v.pool_id, []).append((_parse_label(v.label, names, v.where), v.where))
-    _export_conflicts(path, by_id, names)
+    _export_conflicts(by_id, names)
     ids, labels, already = [], [], 0
     for pid, votes_of in by_id.items():
         label, where = votes_of[0]

@@ -100,6 +100,7 @@ class Round:
         self._diagnostics: dict[str, Any] = {}  # selection diagnostics for the round record
         # (sorted candidate ids, their D1 scores) of this run's selection, for the human's tasks
         self._d1_scores: tuple[np.ndarray, np.ndarray] | None = None
+        self._prev_task: tuple[int, Any] | None = None  # (round, T) for this run
 
     # ---- helpers ---------------------------------------------------------------------------
     def _timed(self, phase: str, start: float) -> None:
@@ -178,14 +179,21 @@ class Round:
         return self._served
 
     def _previous_task(self, n: int, reader: PoolReader) -> Any:
-        """T as it stands (trained at the end of the last round), or trained now for round 1."""
+        """T as it stands (trained at the end of the last round), or trained now for round 1.
+
+        Kept for the run: selection (task-aware ranking) and the human oracle's suggestions
+        both ask for it, and round 1 would otherwise train it twice."""
+        if self._prev_task is not None and self._prev_task[0] == n:
+            return self._prev_task[1]
         run = self._run_config(reader.image_shape, reader.num_classes)
         prev = round_dir(self.workdir, n - 1) / CHECKPOINT_FILE
         task = build_task_model(run.model, run.train.seed)
         if prev.exists() and (ckpt := load_checkpoint(prev)).get("task") is not None:
             task.load_state_dict(ckpt["task"])
-            return task
-        return self._fit_task(reader, n, "pre")
+        else:
+            task = self._fit_task(reader, n, "pre")
+        self._prev_task = (n, task)
+        return task
 
     def _fit_task(self, reader: PoolReader, n: int, *keys: str) -> Any:
         """A fresh T trained on the labelled rows; its init and batches are seeded per round."""
@@ -467,7 +475,7 @@ class Round:
         same pool fails at once with a message naming this one.
         """
         self._served, self._run_cfg, self._coevolved = None, None, None  # fresh per run
-        self._diagnostics, self._d1_scores = {}, None
+        self._diagnostics, self._d1_scores, self._prev_task = {}, None, None
         if self.workdir.exists() and not self.workdir.is_dir():
             raise DgaalError(f"--workdir {self.workdir}: exists and is not a folder")
         with PoolWriter(self.pool_path, purpose="dgaal round") as w:

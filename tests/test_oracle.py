@@ -147,7 +147,7 @@ def test_label_studio_min_and_csv_exports_read_like_the_json_one(tmp_path, pool)
     "tasks, message",
     [
         ([_ls_task(2, 11, "dog", "owl"), _ls_task(3, 12, "cat", "dog")],
-         "2 tasks with conflicting annotations, nothing imported; first: id 11 is 'dog', 'owl'"),
+         "task 2 \\(annotation 200\\): id 11 has conflicting annotations 'dog', 'owl' \\(2 such"),
         ([_ls_task(1, 10, "horse")], "task 1 \\(annotation 100\\): label 'horse' is not a class"),
         ([_ls_task(1, 99, "cat")], "id 99 is not in the pool"),
         ([_ls_task(1, 3, "cat")], "id 3 is not waiting for an answer"),
