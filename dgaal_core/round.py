@@ -497,8 +497,8 @@ class Round:
             if pending["phase"] == "awaiting_labels" or queried:
                 raise AwaitingLabelsError(
                     f"round {n} is waiting for {queried} answers: fill in "
-                    f"{rdir / 'queries' / 'queries.csv'} and run "
-                    f"`dgaal label --pool {self.pool_path} ANSWERS.csv`"
+                    f"{rdir / 'queries' / 'queries.csv'} (or export the Label Studio project) "
+                    f"and run `dgaal label --pool {self.pool_path} ANSWERS`"
                 )
             self.log(f"resuming round {n} after phase '{pending['phase']}'")
         else:
