@@ -170,25 +170,29 @@ def _json_votes(tasks: list[Any], path: Path) -> Iterator[Vote]:
         if ID_FIELD not in data:
             raise ExportError(f"{where} has no data.{ID_FIELD}: not a task dgaal wrote")
         pid = _int(data[ID_FIELD], where, ID_FIELD)
-        meta = {"round_no": data.get("dgaal_round"), "pool": data.get("dgaal_pool")}
+        rnd, pool = data.get("dgaal_round"), data.get("dgaal_pool")
+        round_no = None if rnd is None else _int(rnd, where, "dgaal_round")
+        pool = None if pool is None else str(pool)
         answered = False
         for ann in task.get("annotations") or []:
+            if not isinstance(ann, dict):
+                raise ExportError(f"{where}: an annotation is not a JSON object")
             if ann.get("was_cancelled"):
                 continue
-            picks = [
-                r
-                for r in ann.get("result") or []
-                if r.get("type") == "choices" and r.get("from_name", FROM_NAME) == FROM_NAME
-            ]
+            at = f"{where} (annotation {ann.get('id', '?')})"
+            choices = [r for r in ann.get("result") or [] if r.get("type") == "choices"]
+            # dgaal's <Choices name="label">; a project with its own config may name it otherwise
+            picks = [r for r in choices if r.get("from_name") == FROM_NAME] or choices
+            if len(picks) > 1:
+                raise ExportError(f"{at}: {len(picks)} choice fields; expected one class")
             if not picks:
                 continue
-            at = f"{where} (annotation {ann.get('id', '?')})"
             label = _choice(picks[0].get("value", {}), at)
             if label is not None:
                 answered = True
-                yield Vote(pid, label, at, **meta)
+                yield Vote(pid, label, at, round_no, pool)
         if not answered:
-            yield Vote(pid, None, where, **meta)
+            yield Vote(pid, None, where, round_no, pool)
 
 
 def _flat_votes(rows: list[dict[str, Any]], where_of: Any) -> Iterator[Vote]:
@@ -224,7 +228,8 @@ def read_votes(path: Path) -> list[Vote]:
             raise ExportError(f"{path}: expected a JSON list of tasks (Label Studio's export)")
         if items and isinstance(items[0], dict) and "data" in items[0]:
             return list(_json_votes(items, path))
-        return list(_flat_votes(items, lambda k: f"{path}: item {k}"))  # JSON-MIN
+        _check_answer_column(items, path)  # JSON-MIN
+        return list(_flat_votes(items, lambda k: f"{path}: item {k}"))
     delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
     try:
         with open(path, newline="", encoding="utf-8-sig") as fh:
@@ -233,4 +238,18 @@ def read_votes(path: Path) -> list[Vote]:
         raise ExportError(f"{path}: not UTF-8 text") from None
     except csv.Error as e:
         raise ExportError(f"{path}: not a readable CSV ({e})") from None
+    _check_answer_column(rows, path)
     return list(_flat_votes(rows, lambda k: f"{path}:{k + 2}"))
+
+
+def _check_answer_column(rows: list[Any], path: Path) -> None:
+    """JSON-MIN and CSV name the answer after the config's <Choices>: without that column the
+    export would read as "nothing answered", so say why instead."""
+    annotated = [
+        r for r in rows if isinstance(r, dict) and r.get("annotation_id") not in (None, "")
+    ]
+    if annotated and not any(FROM_NAME in r for r in annotated):
+        raise ExportError(
+            f"{path}: annotations but no '{FROM_NAME}' column; the project's <Choices> must be "
+            f"named '{FROM_NAME}' as in dgaal's label_config.xml (or export as JSON)"
+        )

@@ -156,6 +156,8 @@ def test_label_studio_min_and_csv_exports_read_like_the_json_one(tmp_path, pool)
          "no answers for round 1 \\(1 tasks skipped or not annotated; 1 tasks of other rounds"),
         ([{"id": 5, "data": {"image": "x"}, "annotations": []}], "task 5 has no data.dgaal_id"),
         ({"tasks": []}, "expected a JSON list of tasks"),
+        ([{"dgaal_id": 10, "id": 1, "annotation_id": 3, "class": "cat"}],
+         "annotations but no 'label' column; the project's <Choices> must be named 'label'"),
     ],
 )  # fmt: skip
 def test_bad_label_studio_exports_name_the_task_and_why(tmp_path, pool, tasks, message):
