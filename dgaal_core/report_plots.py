@@ -96,8 +96,12 @@ def _percent_axis(ax: Axes, axis: str) -> None:
 def _legend(fig: Figure, ax: Axes) -> None:
     """The legend below the axes, in one or two rows, so it never hides a curve."""
     handles, labels = ax.get_legend_handles_labels()
-    one_row = len(labels) <= 5 and sum(len(x) for x in labels) < 40  # handles take room too
-    ncol = len(labels) if one_row else (len(labels) + 1) // 2
+    if len(labels) <= 5 and sum(len(x) for x in labels) < 40:  # handles take room too
+        ncol = len(labels)
+    else:  # as many columns as the longest entry allows across the figure, rows balanced
+        fit = max(1, min(len(labels), 96 // (max(len(x) for x in labels) + 6)))
+        rows = -(-len(labels) // fit)
+        ncol = -(-len(labels) // rows)
     fig.legend(handles, labels, loc="outside lower center", ncol=max(1, ncol), fontsize=9,
                frameon=False)  # fmt: skip
 
