@@ -29,9 +29,9 @@ from pathlib import Path
 
 from datasets import make_pool, source_for
 
-from dgaal_core.experiment import Experiment, ExperimentConfig, Schedule, parse_list
-from dgaal_core.report import aggregate, headline, verdict, write_report
-from dgaal_core.round_parts import RoundConfig
+from dgaal_core.experiment.report import aggregate, headline, verdict, write_report
+from dgaal_core.experiment.runner import Experiment, ExperimentConfig, Schedule, parse_list
+from dgaal_core.loop.parts import RoundConfig
 from export.round_backend import onnx_exporter
 
 HERE = Path(__file__).resolve().parent
@@ -42,13 +42,13 @@ def noise_floor(pool: Path, round_config: RoundConfig, seeds: int = 5) -> dict:
     labelled set: the noise every point of the curves carries."""
     import numpy as np
 
-    from dgaal_core.config import derive_seed
-    from dgaal_core.data import ArraySource
-    from dgaal_core.models import build_task_model
-    from dgaal_core.pool import PoolReader
-    from dgaal_core.round_parts import PoolSource
-    from dgaal_core.schema import State
-    from dgaal_core.task import evaluate_task, train_task
+    from dgaal_core.loop.parts import PoolSource
+    from dgaal_core.model.config import derive_seed
+    from dgaal_core.model.data import ArraySource
+    from dgaal_core.model.networks import build_task_model
+    from dgaal_core.model.task import evaluate_task, train_task
+    from dgaal_core.pool.reader import PoolReader
+    from dgaal_core.pool.schema import State
 
     accs = []
     with PoolReader(pool) as r:

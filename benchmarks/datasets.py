@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dgaal_core.ingest import ArraySource, create_pool
+from dgaal_core.ingest.create import ArraySource, create_pool
 
 ROOT = Path(__file__).resolve().parents[1]
 CIFAR_TAR = ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
@@ -33,7 +33,7 @@ def _stratified(y: np.ndarray, per_class: int, rng: np.random.Generator) -> np.n
 def digits_source(split: str = "test") -> ArraySource:
     """The built-in digits (1,438 training, 359 test images); with ``split="val"`` a stratified
     20% of the training images (287) stands in for the test split and is removed from training."""
-    from dgaal_core.ingest_arrays import digits
+    from dgaal_core.ingest.arrays import digits
 
     d = digits(seed=0)
     assert d.y_train is not None

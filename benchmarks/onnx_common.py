@@ -47,10 +47,10 @@ def briefly_trained(
     """
     import torch
 
-    from dgaal_core.config import preset
-    from dgaal_core.data import ArraySource
-    from dgaal_core.models import Generator, LatentDiscriminator
-    from dgaal_core.training import DGAALTrainer
+    from dgaal_core.model.config import preset
+    from dgaal_core.model.data import ArraySource
+    from dgaal_core.model.networks import Generator, LatentDiscriminator
+    from dgaal_core.model.training import DGAALTrainer
     from export.pipeline import ExportedModels
 
     run = preset(preset_name, SHAPE, 10, batch_size=32, seed=seed)
@@ -80,8 +80,8 @@ def briefly_trained(
 
 def untrained_sampler(preset_name: str, out: Path) -> Path:
     """``sampler.onnx`` of freshly initialised models (speed does not depend on the weights)."""
-    from dgaal_core.config import preset
-    from dgaal_core.models import build_models
+    from dgaal_core.model.config import preset
+    from dgaal_core.model.networks import build_models
     from export.pipeline import ExportedModels, export_round
 
     config = preset(preset_name, SHAPE, 10).model

@@ -46,7 +46,7 @@ def _status_mib(key: str) -> float:
 
 def evict(pool: Path) -> None:
     """Drop the pool's files from the page cache (clean pages of these files only)."""
-    from dgaal_core.schema import shard_dir
+    from dgaal_core.pool.schema import shard_dir
 
     for p in [pool, *sorted(shard_dir(pool).glob("*.h5"))]:
         fd = os.open(p, os.O_RDONLY)
@@ -58,7 +58,7 @@ def evict(pool: Path) -> None:
 
 def child(mode: str, model: str, pool: str, batch_size: int, threads: int) -> None:
     """One measurement in this fresh process; prints one JSON line."""
-    from dgaal_core.pool import PoolReader
+    from dgaal_core.pool.reader import PoolReader
     from export.runtime import Sampler
 
     out: dict[str, Any] = {}
@@ -114,8 +114,8 @@ def run_child(mode: str, model: Path, pool: Path, args: argparse.Namespace) -> d
 
 def make_pool(path: Path, n: int) -> Path:
     """A pool of n synthetic candidates (reused if one of that size is there already)."""
-    from dgaal_core.pool import PoolReader
-    from dgaal_core.pool_writer import PoolBuilder
+    from dgaal_core.pool.reader import PoolReader
+    from dgaal_core.pool.writer import PoolBuilder
 
     if path.exists():
         with PoolReader(path) as r:
@@ -130,7 +130,7 @@ def make_pool(path: Path, n: int) -> Path:
 
 def export_untrained(preset_name: str, pool: Path, out: Path) -> Path:
     """Freshly initialised models (speed and memory do not depend on the weights)."""
-    from dgaal_core.pool import PoolReader
+    from dgaal_core.pool.reader import PoolReader
     from export.pipeline import export_round, load_models, sample_pool_images
 
     models = load_models(pool, untrained_preset=preset_name)

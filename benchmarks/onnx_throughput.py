@@ -40,7 +40,7 @@ from benchmarks.onnx_common import (
     md_table,
     write_results,
 )
-from dgaal_core.data import to_uint8_images
+from dgaal_core.model.data import to_uint8_images
 from export.onnx_export import GeneratorGraph, SamplerGraph, fresh_d1, fresh_generator
 from export.pipeline import export_round
 from export.quantize import quantize_sampler_int8
@@ -180,9 +180,9 @@ def bench_preset(name: str, args: argparse.Namespace, tmp: Path) -> dict[str, An
 
 def bench_exporters(tmp: Path, threads: int) -> dict[str, Any]:
     """Export time and onnxruntime speed: TorchScript vs dynamo exporter (paper sampler)."""
-    from dgaal_core.config import preset
-    from dgaal_core.models import Generator as TorchG
-    from dgaal_core.models import LatentDiscriminator
+    from dgaal_core.model.config import preset
+    from dgaal_core.model.networks import Generator as TorchG
+    from dgaal_core.model.networks import LatentDiscriminator
     from export.onnx_export import export_sampler
 
     config = preset("paper", SHAPE, 10).model

@@ -24,10 +24,10 @@ from pathlib import Path
 
 import torch
 
-from dgaal_core.config import RunConfig, preset
-from dgaal_core.models import build_task_model
-from dgaal_core.task import task_optimizer, task_step
-from dgaal_core.training import DGAALTrainer
+from dgaal_core.model.config import RunConfig, preset
+from dgaal_core.model.networks import build_task_model
+from dgaal_core.model.task import task_optimizer, task_step
+from dgaal_core.model.training import DGAALTrainer
 
 SHAPE = (32, 32, 3)
 CLASSES = 10

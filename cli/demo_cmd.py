@@ -47,7 +47,7 @@ QUICK = DemoSettings(
 
 
 def _digits_pool(path: Path, s: DemoSettings) -> None:
-    from dgaal_core.ingest import ArraySource, create_pool, load_digits
+    from dgaal_core.ingest.create import ArraySource, create_pool, load_digits
 
     d = load_digits(seed=0)
     assert d.y_train is not None and d.x_test is not None and d.y_test is not None
@@ -77,10 +77,16 @@ def demo_command(
     from rich.console import Console
     from rich.markup import escape
 
-    from dgaal_core.experiment import Experiment, ExperimentConfig, Schedule
-    from dgaal_core.report import aggregate, headline, summary_markdown, verdict, write_report
-    from dgaal_core.report_plots import ReportError, require_matplotlib
-    from dgaal_core.round_parts import RoundConfig
+    from dgaal_core.experiment.plots import ReportError, require_matplotlib
+    from dgaal_core.experiment.report import (
+        aggregate,
+        headline,
+        summary_markdown,
+        verdict,
+        write_report,
+    )
+    from dgaal_core.experiment.runner import Experiment, ExperimentConfig, Schedule
+    from dgaal_core.loop.parts import RoundConfig
     from export.round_backend import onnx_exporter
 
     from .experiment_cmd import progress_line, results_table

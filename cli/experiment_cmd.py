@@ -35,7 +35,7 @@ from .common import (
 if TYPE_CHECKING:
     from rich.table import Table
 
-    from dgaal_core.report import Point
+    from dgaal_core.experiment.report import Point
 
 
 def _number(value: str, name: str) -> float:
@@ -126,9 +126,9 @@ def experiment_command(
     """
     from rich.console import Console
 
-    from dgaal_core.experiment import Experiment, ExperimentConfig, Schedule, parse_list
-    from dgaal_core.report import aggregate, write_report
-    from dgaal_core.round_parts import RoundConfig
+    from dgaal_core.experiment.report import aggregate, write_report
+    from dgaal_core.experiment.runner import Experiment, ExperimentConfig, Schedule, parse_list
+    from dgaal_core.loop.parts import RoundConfig
     from export.round_backend import onnx_exporter
 
     try:
@@ -151,7 +151,7 @@ def experiment_command(
         raise DgaalError(str(e)) from None
     set_torch_threads(preset)
     if report:  # find out now, not after hours of rounds
-        from dgaal_core.report_plots import require_matplotlib
+        from dgaal_core.experiment.plots import require_matplotlib
 
         require_matplotlib()
     log = (lambda *_: None) if quiet else progress_line

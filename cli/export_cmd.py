@@ -89,7 +89,7 @@ def export(
     from rich.console import Console
     from rich.table import Table
 
-    from dgaal_core.pool import PoolReader
+    from dgaal_core.pool.reader import PoolReader
     from export import names
     from export.pipeline import export_round, load_models, sample_pool_images
 

@@ -142,7 +142,7 @@ def create(
 @handle_errors
 def info(pool: PoolArg, as_json: JsonOpt = False) -> None:
     """Show counts by state, origin and class, the image shape, the rounds so far, the size."""
-    from dgaal_core.pool import PoolReader
+    from dgaal_core.pool.reader import PoolReader
 
     with PoolReader(pool) as r:
         r.check_shards()  # a missing or short shard: the pool is damaged, say so
@@ -172,7 +172,7 @@ def check(
 ) -> None:
     """Verify the index against the shards, the rows' states, labels and lineage, and the round
     log. Exit 0: pool OK; 1: damage found (the table says where); 2: not a pool at all."""
-    from dgaal_core.pool_check import check_pool, repair_pool
+    from dgaal_core.pool.check import check_pool, repair_pool
 
     findings = check_pool(pool)
     done: list[str] = []

@@ -34,7 +34,7 @@ def report_command(
     (annotation cost), accuracy_vs_queries.png, selection.png (one round's selection, generated
     images framed in red) and summary.md.
     """
-    from dgaal_core.report import report_from, write_report
+    from dgaal_core.experiment.report import report_from, write_report
 
     from .progress import console
 

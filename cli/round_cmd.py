@@ -141,7 +141,7 @@ def round_command(
     if abandon:
         _abandon(pool, workdir)
         return
-    from dgaal_core.round_config import RoundConfig  # no torch yet: bad settings fail fast
+    from dgaal_core.loop.config import RoundConfig  # no torch yet: bad settings fail fast
 
     try:
         cfg = RoundConfig(
@@ -157,7 +157,7 @@ def round_command(
     except ValueError as e:  # ConfigError and unknown strategies: one line, like every error
         raise DgaalError(str(e)) from None
     ray = ray_options(engine, address, workers, provider, None)
-    from dgaal_core.round import Round
+    from dgaal_core.loop.round import Round
     from export.round_backend import onnx_exporter
 
     from .progress import StageProgress, console
@@ -182,7 +182,7 @@ def round_command(
 
 
 def _abandon(pool: Path, workdir: Path | None) -> None:
-    from dgaal_core.abandon import abandon_round
+    from dgaal_core.loop.abandon import abandon_round
 
     out = abandon_round(pool, workdir)
     if out["phase"] is None:
@@ -208,7 +208,7 @@ def label_command(
     ],
 ) -> None:
     """Import a person's answers for the queried images of the current round."""
-    from dgaal_core.oracle import apply_answers
+    from dgaal_core.loop.oracle import apply_answers
 
     out = apply_answers(pool, answers)
     notes = [

@@ -33,8 +33,8 @@ from typing import Any
 import numpy as np
 
 from dgaal_core.errors import DgaalError
-from dgaal_core.pool import PoolReader, contiguous_runs
-from dgaal_core.schema import IMAGES, State
+from dgaal_core.pool.reader import PoolReader, contiguous_runs
+from dgaal_core.pool.schema import IMAGES, State
 
 from .runtime import (
     Generator,

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dgaal_core import schema
-from dgaal_core.schema import CHECKPOINT_FILE as CHECKPOINT_FILE
-from dgaal_core.schema import work_dir as work_dir  # re-exported: export code uses names.*
+from dgaal_core.pool import schema
+from dgaal_core.pool.schema import CHECKPOINT_FILE as CHECKPOINT_FILE
+from dgaal_core.pool.schema import work_dir as work_dir  # re-exported: export code uses names.*
 
 FORMAT_VERSION = 1  # bump when the graph contract above changes
 OPSET = 17

@@ -32,10 +32,10 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from dgaal_core.config import ModelConfig, config_hash
-from dgaal_core.data import to_model_input, to_uint8_images
 from dgaal_core.errors import DgaalError
-from dgaal_core.models import NOISE_HIGH, NOISE_LOW, Generator, LatentDiscriminator
+from dgaal_core.model.config import ModelConfig, config_hash
+from dgaal_core.model.data import to_model_input, to_uint8_images
+from dgaal_core.model.networks import NOISE_HIGH, NOISE_LOW, Generator, LatentDiscriminator
 
 from . import names
 from .errors import ExportParityError, ModelMismatchError

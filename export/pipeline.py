@@ -19,10 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from dgaal_core.config import ModelConfig, preset
-from dgaal_core.models import Generator, LatentDiscriminator, build_models
-from dgaal_core.pool import PoolReader
-from dgaal_core.schema import State
+from dgaal_core.model.config import ModelConfig, preset
+from dgaal_core.model.networks import Generator, LatentDiscriminator, build_models
+from dgaal_core.pool.reader import PoolReader
+from dgaal_core.pool.schema import State
 
 from . import names
 from .errors import CheckpointNotFoundError, ModelMismatchError
@@ -85,7 +85,7 @@ def load_models(
         models = build_models(config, seed)
         r = 0 if round_index is None else round_index
         return ExportedModels(models.g, models.d1, config, r, f"untrained {untrained_preset}")
-    from dgaal_core.checkpoint import load_checkpoint, run_config_of
+    from dgaal_core.model.checkpoint import load_checkpoint, run_config_of
 
     if checkpoint is None:
         found = latest_round(pool_path) if round_index is None else round_index

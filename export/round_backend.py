@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from dgaal_core.config import RunConfig
-from dgaal_core.pool import PoolReader
+from dgaal_core.model.config import RunConfig
+from dgaal_core.pool.reader import PoolReader
 
 from .pipeline import ExportedModels, export_round, sample_pool_images
 from .runtime import Generator, Sampler

@@ -32,8 +32,8 @@ from typing import Any
 import numpy as np
 
 from dgaal_core.errors import DgaalError
-from dgaal_core.pool import PoolReader
-from dgaal_core.schema import STATE_NAMES, State
+from dgaal_core.pool.reader import PoolReader
+from dgaal_core.pool.schema import STATE_NAMES, State
 
 from . import names
 from .errors import ModelFileError

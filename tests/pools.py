@@ -20,7 +20,7 @@ def class_images(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 def random_pool(path: Path, shape=(8, 8, 1), n: int = 700, seed: int = 0) -> np.ndarray:
     """A pool of ``n`` random images (10 classes, 20% labelled); returns the images."""
-    from dgaal_core.pool_writer import PoolBuilder
+    from dgaal_core.pool.writer import PoolBuilder
 
     rng = np.random.default_rng(seed)
     images = rng.integers(0, 256, (n, *shape), dtype=np.uint8)
@@ -33,8 +33,8 @@ def random_pool(path: Path, shape=(8, 8, 1), n: int = 700, seed: int = 0) -> np.
 
 def export_untrained(out: Path, images: np.ndarray, seed: int = 0) -> tuple[Path, Path]:
     """``sampler.onnx`` and ``generator.onnx`` of freshly initialised ``small`` models."""
-    from dgaal_core.config import preset
-    from dgaal_core.models import build_models
+    from dgaal_core.model.config import preset
+    from dgaal_core.model.networks import build_models
     from export.pipeline import ExportedModels, export_round
 
     shape = tuple(int(v) for v in images.shape[1:])

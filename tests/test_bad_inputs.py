@@ -22,9 +22,9 @@ from PIL import Image
 from pools import class_images
 
 from dgaal_core import ingest
-from dgaal_core.pool import PoolReader
-from dgaal_core.pool_writer import PoolWriter
-from dgaal_core.schema import State, lock_path, shard_dir, work_dir
+from dgaal_core.pool.reader import PoolReader
+from dgaal_core.pool.schema import State, lock_path, shard_dir, work_dir
+from dgaal_core.pool.writer import PoolWriter
 
 DGAAL = shutil.which("dgaal", path=str(Path(sys.executable).parent)) or "dgaal"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -15,8 +15,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from cli.main import app
-from dgaal_core.pool import PoolReader
-from dgaal_core.schema import shard_dir
+from dgaal_core.pool.reader import PoolReader
+from dgaal_core.pool.schema import shard_dir
 
 runner = CliRunner()
 
@@ -147,7 +147,7 @@ def test_a_new_pool_beside_another_with_the_same_stem_keeps_both(tmp_path: Path)
 
 
 def test_info_prints_rounds(tmp_path: Path) -> None:
-    from dgaal_core.pool_writer import PoolWriter
+    from dgaal_core.pool.writer import PoolWriter
 
     out = tmp_path / "p.h5"
     assert dgaal("pool", "create", out, "--from", "digits", "--initial", "50")[0] == 0

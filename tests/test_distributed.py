@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 from pools import export_untrained, random_pool
 
-from dgaal_core.pool import PoolReader
-from dgaal_core.pool_writer import PoolWriter
+from dgaal_core.pool.reader import PoolReader
+from dgaal_core.pool.writer import PoolWriter
 from export.distributed import (
     RayEngineError,
     RayOptions,

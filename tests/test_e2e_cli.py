@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dgaal_core.pool import PoolReader
-from dgaal_core.schema import Origin, State
+from dgaal_core.pool.reader import PoolReader
+from dgaal_core.pool.schema import Origin, State
 
 DGAAL = shutil.which("dgaal", path=str(Path(sys.executable).parent)) or "dgaal"
 FAST = [

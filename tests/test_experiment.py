@@ -14,8 +14,7 @@ from pools import class_images
 from typer.testing import CliRunner
 
 from cli.main import app
-from dgaal_core import strategies
-from dgaal_core.experiment import (
+from dgaal_core.experiment.runner import (
     Experiment,
     ExperimentConfig,
     ExperimentError,
@@ -23,10 +22,11 @@ from dgaal_core.experiment import (
     load_results,
     parse_list,
 )
-from dgaal_core.pool import PoolReader
-from dgaal_core.pool_writer import PoolBuilder
-from dgaal_core.round_parts import RoundConfig
-from dgaal_core.schema import State
+from dgaal_core.loop import strategies
+from dgaal_core.loop.parts import RoundConfig
+from dgaal_core.pool.reader import PoolReader
+from dgaal_core.pool.schema import State
+from dgaal_core.pool.writer import PoolBuilder
 from export.round_backend import onnx_exporter
 
 FAST = RoundConfig(gan_steps=4, task_epochs=1, task_min_steps=0, coevolve_steps=2)

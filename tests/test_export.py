@@ -10,10 +10,10 @@ import onnx
 import pytest
 import torch
 
-from dgaal_core.config import config_hash, preset
-from dgaal_core.models import build_models
-from dgaal_core.pool import PoolReader
-from dgaal_core.pool_writer import PoolBuilder
+from dgaal_core.model.config import config_hash, preset
+from dgaal_core.model.networks import build_models
+from dgaal_core.pool.reader import PoolReader
+from dgaal_core.pool.writer import PoolBuilder
 from export import names
 from export.cascade import cascade_scores
 from export.errors import (
@@ -284,8 +284,8 @@ def test_fp16_and_triton_repository(tmp_path):
 
 
 def test_load_models_from_round_checkpoint(tmp_path):
-    from dgaal_core.checkpoint import save_checkpoint
-    from dgaal_core.training import DGAALTrainer
+    from dgaal_core.model.checkpoint import save_checkpoint
+    from dgaal_core.model.training import DGAALTrainer
 
     pool = tmp_path / "pools.h5"
     make_pool(pool, (8, 8, 1))

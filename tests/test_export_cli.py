@@ -14,10 +14,10 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from cli import export_cmd, generate_cmd, score_cmd
-from dgaal_core.config import preset
-from dgaal_core.pool import PoolReader
-from dgaal_core.pool_writer import PoolBuilder
-from dgaal_core.schema import State
+from dgaal_core.model.config import preset
+from dgaal_core.pool.reader import PoolReader
+from dgaal_core.pool.schema import State
+from dgaal_core.pool.writer import PoolBuilder
 from export import names
 from export.runtime import select_lowest
 
@@ -176,8 +176,8 @@ def test_generate_npz_and_pngs(exported, tmp_path):
 
 
 def test_export_from_round_checkpoint_defaults_to_round_folder(tmp_path):
-    from dgaal_core.checkpoint import save_checkpoint
-    from dgaal_core.training import DGAALTrainer
+    from dgaal_core.model.checkpoint import save_checkpoint
+    from dgaal_core.model.training import DGAALTrainer
 
     pool = tmp_path / "pools.h5"
     make_pool(pool, n=60)

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dgaal_core import ingest, ingest_folder
+from dgaal_core import ingest
 from dgaal_core.errors import IngestError, PoolExistsError
-from dgaal_core.pool import PoolReader
-from dgaal_core.schema import State, shard_dir
+from dgaal_core.ingest import folder as ingest_folder
+from dgaal_core.pool.reader import PoolReader
+from dgaal_core.pool.schema import State, shard_dir
 
 H, W = 5, 6
 

@@ -144,9 +144,9 @@ def _tree_digest(folder: Path) -> str:
 
 def test_base_install_imports_a_label_studio_export(base_venv, tmp_path):
     """``dgaal label`` needs neither torch nor Pillow: a labelling workstation can run it."""
-    from dgaal_core.pool import PoolReader
-    from dgaal_core.pool_writer import PoolWriter
-    from dgaal_core.schema import State
+    from dgaal_core.pool.reader import PoolReader
+    from dgaal_core.pool.schema import State
+    from dgaal_core.pool.writer import PoolWriter
 
     pool = tmp_path / "pools.h5"
     random_pool(pool, n=40)

@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dgaal_core.label_studio import FROM_NAME, TO_NAME
-from dgaal_core.oracle import read_export
-from dgaal_core.pool import PoolReader
-from dgaal_core.schema import State
+from dgaal_core.loop.label_studio import FROM_NAME, TO_NAME
+from dgaal_core.loop.oracle import read_export
+from dgaal_core.pool.reader import PoolReader
+from dgaal_core.pool.schema import State
 
 pytestmark = [
     pytest.mark.labelstudio,

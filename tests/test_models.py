@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from dgaal_core import losses
-from dgaal_core.config import (
+from dgaal_core.model import losses
+from dgaal_core.model.config import (
     ConfigError,
     ModelConfig,
     RunConfig,
@@ -19,8 +19,8 @@ from dgaal_core.config import (
     derive_seed,
     preset,
 )
-from dgaal_core.data import to_model_input, to_uint8_images
-from dgaal_core.models import (
+from dgaal_core.model.data import to_model_input, to_uint8_images
+from dgaal_core.model.networks import (
     NOISE_HIGH,
     NOISE_LOW,
     VGG16BN,

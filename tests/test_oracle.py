@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 
 from dgaal_core.errors import DgaalError
-from dgaal_core.label_studio import label_config
-from dgaal_core.oracle import (
+from dgaal_core.loop.label_studio import label_config
+from dgaal_core.loop.oracle import (
     AnswersError,
     apply_answers,
     read_answers,
@@ -22,9 +22,9 @@ from dgaal_core.oracle import (
     simulated_answers,
     write_query_package,
 )
-from dgaal_core.pool import PoolReader
-from dgaal_core.pool_writer import PoolBuilder, PoolWriter
-from dgaal_core.schema import State
+from dgaal_core.pool.reader import PoolReader
+from dgaal_core.pool.schema import State
+from dgaal_core.pool.writer import PoolBuilder, PoolWriter
 
 CLASSES = ["cat", "dog", "owl"]
 

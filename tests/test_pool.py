@@ -21,10 +21,10 @@ from dgaal_core.errors import (
     PoolLockedError,
     PoolUpdateError,
 )
-from dgaal_core.pool import PoolReader, file_sha256
-from dgaal_core.pool_check import check_pool
-from dgaal_core.pool_writer import PoolBuilder, PoolWriter, choose_initial
-from dgaal_core.schema import FORMAT, VERSION, Origin, State, shard_dir
+from dgaal_core.pool.check import check_pool
+from dgaal_core.pool.reader import PoolReader, file_sha256
+from dgaal_core.pool.schema import FORMAT, VERSION, Origin, State, shard_dir
+from dgaal_core.pool.writer import PoolBuilder, PoolWriter, choose_initial
 
 CLASSES = [str(i) for i in range(10)]
 
@@ -237,8 +237,8 @@ def test_open_checks_format_version_and_shards(tmp_path):
 WRITER_SCRIPT = textwrap.dedent(
     """
     import sys, time, numpy as np
-    from dgaal_core.pool_writer import PoolWriter
-    from dgaal_core.schema import State
+    from dgaal_core.pool.writer import PoolWriter
+    from dgaal_core.pool.schema import State
     path, hold = sys.argv[1], float(sys.argv[2])
     with PoolWriter(path, purpose="test-writer") as w:
         print("locked", flush=True)

@@ -17,10 +17,10 @@ from pools import class_images
 from typer.testing import CliRunner
 
 from cli.main import app
-from dgaal_core.pool import PoolReader
-from dgaal_core.pool_check import CHECKS, check_pool
-from dgaal_core.pool_writer import PoolBuilder, PoolWriter
-from dgaal_core.schema import State, shard_dir
+from dgaal_core.pool.check import CHECKS, check_pool
+from dgaal_core.pool.reader import PoolReader
+from dgaal_core.pool.schema import State, shard_dir
+from dgaal_core.pool.writer import PoolBuilder, PoolWriter
 
 runner = CliRunner()
 ROUND_1 = [10, 11, 14, 15]  # unlabelled real rows labelled by the hand-made round 1

@@ -10,9 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.main import app
-from dgaal_core.experiment import ExperimentError
-from dgaal_core.pool_writer import PoolBuilder, PoolWriter
-from dgaal_core.report import (
+from dgaal_core.experiment.plots import ReportError
+from dgaal_core.experiment.report import (
     accuracy_at_queries,
     aggregate,
     headline,
@@ -22,8 +21,9 @@ from dgaal_core.report import (
     verdict,
     write_report,
 )
-from dgaal_core.report_plots import ReportError
-from dgaal_core.schema import State
+from dgaal_core.experiment.runner import ExperimentError
+from dgaal_core.pool.schema import State
+from dgaal_core.pool.writer import PoolBuilder, PoolWriter
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -9,11 +9,11 @@ import pytest
 from pools import class_images
 
 from dgaal_core.errors import EmptyPoolError, PoolExhaustedError
-from dgaal_core.pool import PoolReader
-from dgaal_core.pool_writer import PoolBuilder, PoolWriter
-from dgaal_core.round import Round
-from dgaal_core.round_parts import RoundConfig
-from dgaal_core.schema import Origin, State
+from dgaal_core.loop.parts import RoundConfig
+from dgaal_core.loop.round import Round
+from dgaal_core.pool.reader import PoolReader
+from dgaal_core.pool.schema import Origin, State
+from dgaal_core.pool.writer import PoolBuilder, PoolWriter
 from export.round_backend import onnx_exporter
 
 FAST = {"gan_steps": 4, "task_epochs": 1, "task_min_steps": 0, "coevolve_steps": 2}
@@ -115,7 +115,7 @@ def test_budget_beyond_the_candidates_is_refused_or_takes_the_rest_then_stops_cl
 
 
 def _checkpoint(path: Path, n: int, name: str = "checkpoint.pt") -> dict:
-    from dgaal_core.checkpoint import load_checkpoint
+    from dgaal_core.model.checkpoint import load_checkpoint
 
     return load_checkpoint(path.parent / "p.dgaal" / f"round-{n:04d}" / name)
 

@@ -13,8 +13,8 @@ import pytest
 from onnx import TensorProto, helper
 from pools import export_untrained, random_pool
 
-from dgaal_core.pool import PoolReader
-from dgaal_core.schema import State
+from dgaal_core.pool.reader import PoolReader
+from dgaal_core.pool.schema import State
 from export import names
 from export.errors import ModelFileError, ModelMismatchError, ProviderError
 from export.runtime import Generator, Sampler, parse_state, select_lowest

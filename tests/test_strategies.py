@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from dgaal_core.errors import EmptyPoolError, PoolExhaustedError
-from dgaal_core.strategies import (
+from dgaal_core.loop.strategies import (
     STRATEGIES,
     entropy,
     fuse_ranks,
@@ -135,7 +135,7 @@ def test_fused_ranks_move_uncertain_candidates_up():
 
 
 def test_roc_auc_matches_its_definition():
-    from dgaal_core.round_parts import roc_auc
+    from dgaal_core.loop.parts import roc_auc
 
     assert roc_auc(np.array([0.9, 0.8]), np.array([0.1, 0.2])) == 1.0
     assert roc_auc(np.array([0.1]), np.array([0.9])) == 0.0

@@ -9,19 +9,19 @@ import numpy as np
 import pytest
 import torch
 
-from dgaal_core.checkpoint import (
+from dgaal_core.errors import EmptyPoolError
+from dgaal_core.model.checkpoint import (
     CheckpointError,
     load_checkpoint,
     save_checkpoint,
     task_model_from_checkpoint,
     trainer_from_checkpoint,
 )
-from dgaal_core.config import RunConfig, preset
-from dgaal_core.data import ArraySource, augment, sample_union, to_model_input
-from dgaal_core.errors import EmptyPoolError
-from dgaal_core.models import build_task_model
-from dgaal_core.task import evaluate_task, train_task
-from dgaal_core.training import DGAALTrainer, resolve_device
+from dgaal_core.model.config import RunConfig, preset
+from dgaal_core.model.data import ArraySource, augment, sample_union, to_model_input
+from dgaal_core.model.networks import build_task_model
+from dgaal_core.model.task import evaluate_task, train_task
+from dgaal_core.model.training import DGAALTrainer, resolve_device
 
 
 def blobs(
@@ -292,7 +292,7 @@ def test_auto_device_is_cpu_without_cuda() -> None:
 
 
 def test_task_step_budget_grows_with_the_labelled_set_within_its_bounds() -> None:
-    from dgaal_core.config import TrainConfig
+    from dgaal_core.model.config import TrainConfig
 
     cfg = TrainConfig(batch_size=32, task_epochs=30, task_min_steps=1000, task_max_steps=4000)
     assert cfg.num_task_steps(72) == 1000  # 30 epochs would be only 90 steps
@@ -302,7 +302,7 @@ def test_task_step_budget_grows_with_the_labelled_set_within_its_bounds() -> Non
 
 
 def test_task_learning_rate_warms_up_then_decays_to_zero() -> None:
-    from dgaal_core.task import warmup_cosine
+    from dgaal_core.model.task import warmup_cosine
 
     f = [warmup_cosine(s, 100, 0.1) for s in range(100)]
     assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)

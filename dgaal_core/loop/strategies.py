@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import EmptyPoolError, PoolExhaustedError
+from dgaal_core.errors import EmptyPoolError, PoolExhaustedError
 
 # name -> (score source, co-evolve D1, generate x_g, re-run Algorithm 1 every round).
 # "d1" scores come from the exported sampler.

@@ -15,12 +15,12 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from .config import RunConfig
-from .data import to_model_input
-from .models import ConvClassifier, Generator
-from .pool import PoolReader
-from .round_config import RoundConfig
-from .training import resolve_device
+from dgaal_core.loop.config import RoundConfig
+from dgaal_core.model.config import RunConfig
+from dgaal_core.model.data import to_model_input
+from dgaal_core.model.networks import ConvClassifier, Generator
+from dgaal_core.model.training import resolve_device
+from dgaal_core.pool.reader import PoolReader
 
 __all__ = [
     "Exporter", "PoolSource", "RoundConfig", "ServedModels", "latents", "roc_auc", "task_outputs",

@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from .round_config import RoundConfig
-from .schema import Origin, State
+from dgaal_core.loop.config import RoundConfig
+from dgaal_core.pool.schema import Origin, State
 
 PHASES = ("awaiting_labels", "selected", "generated")  # of meta.pending_round, see round.py
 

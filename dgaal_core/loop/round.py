@@ -35,15 +35,9 @@ from typing import Any
 
 import numpy as np
 
-from .checkpoint import load_checkpoint, save_checkpoint, trainer_from_checkpoint
-from .config import RunConfig, derive_seed
-from .data import ArraySource
-from .errors import DgaalError, EmptyPoolError, PoolExhaustedError
-from .models import build_task_model
-from .oracle import simulated_answers, write_query_package
-from .pool import PoolReader
-from .pool_writer import PoolWriter
-from .round_parts import (
+from dgaal_core.errors import DgaalError, EmptyPoolError, PoolExhaustedError
+from dgaal_core.loop.oracle import simulated_answers, write_query_package
+from dgaal_core.loop.parts import (
     Exporter,
     PoolSource,
     RoundConfig,
@@ -52,8 +46,7 @@ from .round_parts import (
     roc_auc,
     task_outputs,
 )
-from .schema import CHECKPOINT_FILE, Origin, State, round_dir, work_dir
-from .strategies import (
+from dgaal_core.loop.strategies import (
     entropy,
     fuse_ranks,
     select_coreset,
@@ -63,8 +56,15 @@ from .strategies import (
     select_spread,
     strategy_spec,
 )
-from .task import evaluate_task, train_task
-from .training import DGAALTrainer, resolve_device
+from dgaal_core.model.checkpoint import load_checkpoint, save_checkpoint, trainer_from_checkpoint
+from dgaal_core.model.config import RunConfig, derive_seed
+from dgaal_core.model.data import ArraySource
+from dgaal_core.model.networks import build_task_model
+from dgaal_core.model.task import evaluate_task, train_task
+from dgaal_core.model.training import DGAALTrainer, resolve_device
+from dgaal_core.pool.reader import PoolReader
+from dgaal_core.pool.schema import CHECKPOINT_FILE, Origin, State, round_dir, work_dir
+from dgaal_core.pool.writer import PoolWriter
 
 Log = Callable[[str], None]
 

@@ -20,7 +20,7 @@ from xml.sax.saxutils import quoteattr
 
 import numpy as np
 
-from .errors import DgaalError
+from dgaal_core.errors import DgaalError
 
 # The <Choices> and <Image> names of the config: Label Studio's JSON-MIN and CSV exports name
 # the answer's column after FROM_NAME, and predictions must use both to pre-select a choice.

@@ -32,10 +32,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from dgaal_core.config import ModelConfig, RunConfig, TrainConfig
 from dgaal_core.errors import DgaalError
-from dgaal_core.models import ConvClassifier, build_models, build_task_model
-from dgaal_core.training import DGAALTrainer
+from dgaal_core.model.config import ModelConfig, RunConfig, TrainConfig
+from dgaal_core.model.networks import ConvClassifier, build_models, build_task_model
+from dgaal_core.model.training import DGAALTrainer
 
 FORMAT = "dgaal-checkpoint"
 VERSION = 1

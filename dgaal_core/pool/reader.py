@@ -23,8 +23,8 @@ from typing import Any
 import h5py
 import numpy as np
 
-from .errors import PoolFormatError
-from .schema import (
+from dgaal_core.errors import PoolFormatError
+from dgaal_core.pool.schema import (
     FORMAT,
     IMAGES,
     ORIGIN_NAMES,

@@ -11,8 +11,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from .config import ConfigError, RunConfig, check_seed, preset
-from .strategies import strategy_spec
+from dgaal_core.loop.strategies import strategy_spec
+from dgaal_core.model.config import ConfigError, RunConfig, check_seed, preset
 
 
 @dataclass(frozen=True)

@@ -14,16 +14,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .errors import DgaalError
-from .pictures import contact_sheet
-from .pool import PoolReader
-from .schema import Origin
+from dgaal_core.errors import DgaalError
+from dgaal_core.pictures import contact_sheet
+from dgaal_core.pool.reader import PoolReader
+from dgaal_core.pool.schema import Origin
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-    from .report import Point
+    from dgaal_core.experiment.report import Point
 
 DPI = 150
 SHEET_MAX = 100  # the paper shows 100 of the selected images

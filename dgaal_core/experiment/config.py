@@ -9,10 +9,10 @@ from typing import Any
 
 import numpy as np
 
-from .config import MAX_SEED
-from .errors import DgaalError
-from .round_parts import RoundConfig
-from .strategies import strategy_spec
+from dgaal_core.errors import DgaalError
+from dgaal_core.loop.parts import RoundConfig
+from dgaal_core.loop.strategies import strategy_spec
+from dgaal_core.model.config import MAX_SEED
 
 PAPER_STRATEGIES = ("dgaal", "dgaal-paper", "vaal", "vaal-coevo", "random")
 # RoundConfig fields the experiment sets per run or per round (not part of the shared settings)

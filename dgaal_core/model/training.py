@@ -45,11 +45,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from dgaal_core import losses
-from dgaal_core.config import ConfigError, ModelConfig, RunConfig, TrainConfig, derive_seed
-from dgaal_core.data import DataSource, sample_batch, sample_union, to_model_input
 from dgaal_core.errors import EmptyPoolError
-from dgaal_core.models import Models, build_models
+from dgaal_core.model import losses
+from dgaal_core.model.config import ConfigError, ModelConfig, RunConfig, TrainConfig, derive_seed
+from dgaal_core.model.data import DataSource, sample_batch, sample_union, to_model_input
+from dgaal_core.model.networks import Models, build_models
 
 History = dict[str, list[float]]
 

@@ -33,23 +33,23 @@ from typing import Any
 
 import numpy as np
 
-from .config import derive_seed
-from .data import ArraySource
-from .errors import EmptyPoolError
-from .experiment_config import (
+from dgaal_core.errors import EmptyPoolError
+from dgaal_core.experiment.config import (
     PAPER_STRATEGIES,
     ExperimentConfig,
     ExperimentError,
     Schedule,
     parse_list,
 )
-from .models import build_task_model
-from .pool import PoolReader
-from .pool_writer import PoolBuilder, PoolWriter
-from .round import Round, work_dir
-from .round_parts import Exporter, PoolSource
-from .schema import Origin, State
-from .task import evaluate_task, train_task
+from dgaal_core.loop.parts import Exporter, PoolSource
+from dgaal_core.loop.round import Round, work_dir
+from dgaal_core.model.config import derive_seed
+from dgaal_core.model.data import ArraySource
+from dgaal_core.model.networks import build_task_model
+from dgaal_core.model.task import evaluate_task, train_task
+from dgaal_core.pool.reader import PoolReader
+from dgaal_core.pool.schema import Origin, State
+from dgaal_core.pool.writer import PoolBuilder, PoolWriter
 
 __all__ = [
     "PAPER_STRATEGIES",
@@ -307,7 +307,7 @@ class Experiment:
         span = record.get("generated_ids")
         if not span:
             return
-        from .round_parts import task_outputs
+        from dgaal_core.loop.parts import task_outputs
 
         ids = np.arange(span[0], span[1], dtype=np.int64)
         with PoolReader(path) as r:

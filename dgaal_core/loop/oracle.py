@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import DgaalError
-from .label_studio import (
+from dgaal_core.errors import DgaalError
+from dgaal_core.loop.label_studio import (
     ExportAnswers,
     Vote,
     label_config,
@@ -28,10 +28,10 @@ from .label_studio import (
     png_data_uri,
     read_votes,
 )
-from .label_studio import is_export as is_label_studio_export
-from .pool import PoolReader
-from .pool_writer import PoolWriter
-from .schema import State
+from dgaal_core.loop.label_studio import is_export as is_label_studio_export
+from dgaal_core.pool.reader import PoolReader
+from dgaal_core.pool.schema import State
+from dgaal_core.pool.writer import PoolWriter
 
 
 class AnswersError(DgaalError):
@@ -68,7 +68,7 @@ def write_query_package(
       local-files URLs relative to ``files_root`` (default: ``out_dir``), for images too large
       to inline.
     """
-    from .pictures import contact_sheet, png_bytes  # Pillow: only when writing pictures
+    from dgaal_core.pictures import contact_sheet, png_bytes  # Pillow: only when writing pictures
 
     out_dir.mkdir(parents=True, exist_ok=True)
     img_dir = out_dir / "images"

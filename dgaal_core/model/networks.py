@@ -50,7 +50,7 @@ import torch
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from dgaal_core.config import ModelConfig, derive_seed
+from dgaal_core.model.config import ModelConfig, derive_seed
 
 NOISE_LOW, NOISE_HIGH = 0.95, 1.05
 

@@ -22,10 +22,10 @@ from typing import Any
 import h5py
 import numpy as np
 
-from .errors import DgaalError, PoolFormatError
-from .pool import file_sha256
-from .pool_check_rows import RowChecks
-from .schema import (
+from dgaal_core.errors import DgaalError, PoolFormatError
+from dgaal_core.pool.check_rows import RowChecks
+from dgaal_core.pool.reader import file_sha256
+from dgaal_core.pool.schema import (
     FORMAT,
     IMAGES,
     ROW_FIELDS,
@@ -357,8 +357,8 @@ def repair_pool(path: str | Path, findings: list[Finding]) -> tuple[list[str], l
     that waits for answers (see :mod:`dgaal_core.abandon`). Returns ``(done, not_done)``: one
     line per action taken, and one per damage left with the reason.
     """
-    from .abandon import abandon_round  # the writer side, only when repairing
-    from .pool_writer import PoolWriter
+    from dgaal_core.loop.abandon import abandon_round  # the writer side, only when repairing
+    from dgaal_core.pool.writer import PoolWriter
 
     path = Path(path)
     done: list[str] = []

@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from .experiment import load_results, run_results, strategies_of
-from .strategies import strategy_spec
+from dgaal_core.experiment.runner import load_results, run_results, strategies_of
+from dgaal_core.loop.strategies import strategy_spec
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,7 @@ def results_from_pool(pool: Path) -> dict[str, Any]:
     made by an experiment)."""
     run = run_results(Path(pool))
     if not run["rounds"]:
-        from .experiment import ExperimentError
+        from dgaal_core.experiment.runner import ExperimentError
 
         raise ExperimentError(f"{pool}: no finished rounds to report on")
     return {"format": "pool", "source": str(pool), "config": None, "runs": [run]}
@@ -374,7 +374,7 @@ def write_report(
     The contact sheet shows round ``round_no`` (default: the last) of ``pool``, or of the
     results' first DGAAL run when ``pool`` is None (run paths relative to ``base``).
     """
-    from . import report_plots as rp  # matplotlib: only now
+    from dgaal_core.experiment import plots as rp  # matplotlib: only now
 
     rp.require_matplotlib()
     out_dir = Path(out_dir)
@@ -403,7 +403,7 @@ def report_from(
     """Load a results dict from ``results.json`` or a pool; returns it and the folder its
     relative run paths resolve against."""
     if (results_path is None) == (pool is None):
-        from .experiment import ExperimentError
+        from dgaal_core.experiment.runner import ExperimentError
 
         raise ExperimentError("give exactly one of --results and --pool")
     if results_path is not None:

@@ -24,10 +24,10 @@ from typing import Any
 
 import numpy as np
 
-from .errors import DgaalError
-from .pool import PoolReader
-from .pool_writer import PoolWriter
-from .schema import Origin, State, round_dir, work_dir
+from dgaal_core.errors import DgaalError
+from dgaal_core.pool.reader import PoolReader
+from dgaal_core.pool.schema import Origin, State, round_dir, work_dir
+from dgaal_core.pool.writer import PoolWriter
 
 
 class AbandonError(DgaalError):

@@ -19,11 +19,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from dgaal_core import losses
-from dgaal_core.config import TrainConfig
-from dgaal_core.data import DataSource, augment, epoch_batches, to_model_input
 from dgaal_core.errors import EmptyPoolError
-from dgaal_core.training import History, autocast, loss_bar, resolve_device
+from dgaal_core.model import losses
+from dgaal_core.model.config import TrainConfig
+from dgaal_core.model.data import DataSource, augment, epoch_batches, to_model_input
+from dgaal_core.model.training import History, autocast, loss_bar, resolve_device
 
 
 def _labels(labels: np.ndarray | None, device: torch.device) -> torch.Tensor:

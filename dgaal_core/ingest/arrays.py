@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import IngestError
+from dgaal_core.errors import IngestError
 
 
 @dataclass(frozen=True)

@@ -27,10 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from .config import MAX_SEED
-from .errors import IngestError, PoolExistsError
-from .ingest_arrays import digits, read_npz
-from .ingest_folder import (
+from dgaal_core.errors import IngestError, PoolExistsError
+from dgaal_core.ingest.arrays import digits, read_npz
+from dgaal_core.ingest.folder import (
     FileList,
     FolderLayout,
     Probe,
@@ -39,9 +38,10 @@ from .ingest_folder import (
     scan_folder,
     size_error,
 )
-from .pool import PoolReader
-from .pool_writer import PoolBuilder
-from .schema import State
+from dgaal_core.model.config import MAX_SEED
+from dgaal_core.pool.reader import PoolReader
+from dgaal_core.pool.schema import State
+from dgaal_core.pool.writer import PoolBuilder
 
 BATCH_SIZE = 1024
 SOURCES = ("folder", "npz", "digits")

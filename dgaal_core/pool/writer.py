@@ -44,9 +44,9 @@ import filelock
 import h5py
 import numpy as np
 
-from .errors import PoolExistsError, PoolFormatError, PoolLockedError, PoolUpdateError
-from .pool import PoolReader, Shard, file_sha256
-from .schema import (
+from dgaal_core.errors import PoolExistsError, PoolFormatError, PoolLockedError, PoolUpdateError
+from dgaal_core.pool.reader import PoolReader, Shard, file_sha256
+from dgaal_core.pool.schema import (
     FORMAT,
     IMAGE_DTYPE,
     IMAGES,
