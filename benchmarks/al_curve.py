@@ -43,12 +43,12 @@ def noise_floor(pool: Path, round_config: RoundConfig, seeds: int = 5) -> dict:
     import numpy as np
 
     from dgaal_core.loop.parts import PoolSource
-    from dgaal_core.model.config import derive_seed
     from dgaal_core.model.data import ArraySource
     from dgaal_core.model.networks import build_task_model
     from dgaal_core.model.task import evaluate_task, train_task
     from dgaal_core.pool.reader import PoolReader
     from dgaal_core.pool.schema import State
+    from dgaal_core.values import derive_seed
 
     accs = []
     with PoolReader(pool) as r:

@@ -28,11 +28,12 @@ import numpy as np
 import torch
 from datasets import source_for
 
-from dgaal_core.model.config import derive_seed, preset
+from dgaal_core.model.config import preset
 from dgaal_core.model.data import ArraySource, to_model_input, to_uint8_images
 from dgaal_core.model.networks import build_task_model
 from dgaal_core.model.task import train_task
 from dgaal_core.model.training import DGAALTrainer
+from dgaal_core.values import derive_seed
 
 HERE = Path(__file__).resolve().parent
 

@@ -124,7 +124,7 @@ def make_pool(path: Path, n: int) -> Path:
     with PoolBuilder(path, SHAPE, [str(i) for i in range(10)], force=True) as b:
         for i in range(0, n, 20_000):
             b.add(digits_rgb(min(20_000, n - i), seed=i))
-        b.finish(initial=0)
+        b.finish()
     return path
 
 

@@ -27,10 +27,11 @@ from typing import Any
 import numpy as np
 from datasets import source_for
 
-from dgaal_core.model.config import derive_seed, preset
+from dgaal_core.model.config import preset
 from dgaal_core.model.data import ArraySource
 from dgaal_core.model.networks import build_task_model
 from dgaal_core.model.task import evaluate_task, train_task
+from dgaal_core.values import derive_seed
 
 HERE = Path(__file__).resolve().parent
 TARGET_SD = {"digits": 0.5, "cifar": 1.0}

@@ -16,6 +16,7 @@ from typing import Annotated, ParamSpec, TypeVar
 import typer
 
 from dgaal_core.errors import DgaalError
+from dgaal_core.values import check_seed  # pure Python: keeps this module light
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -24,14 +25,14 @@ ERROR_EXIT_CODE = 2
 
 # ---- option aliases shared by several commands -------------------------------------------------
 PoolArg = Annotated[Path, typer.Argument(help="Pool file (e.g. pools.h5).", show_default=False)]
-MAX_SEED = 2**63 - 1  # dgaal_core.config.MAX_SEED (not imported: keep this module light)
 
 
 def _seed(value: int) -> int:
     """``--seed``: refused in one line unless it fits a signed 64-bit integer and is >= 0."""
-    if not 0 <= value <= MAX_SEED:
-        raise fail(f"--seed {value}: expected an integer in 0..{MAX_SEED}")
-    return value
+    try:
+        return check_seed(value, "--seed")
+    except DgaalError as e:
+        raise fail(str(e)) from None
 
 
 SeedOpt = Annotated[

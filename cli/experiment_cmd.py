@@ -38,13 +38,6 @@ if TYPE_CHECKING:
     from dgaal_core.experiment.report import Point
 
 
-def _number(value: str, name: str) -> float:
-    try:
-        return float(value)
-    except ValueError:
-        raise typer.BadParameter(f"--{name}: a fraction (0.05) or a count (20)") from None
-
-
 def progress_line(message: str) -> None:
     """One unwrapped progress line on stderr (the experiment's per-round log)."""
     from .progress import console
@@ -129,6 +122,7 @@ def experiment_command(
     from dgaal_core.experiment.report import aggregate, write_report
     from dgaal_core.experiment.runner import Experiment, ExperimentConfig, Schedule, parse_list
     from dgaal_core.loop.parts import RoundConfig
+    from dgaal_core.values import parse_size
     from export.round_backend import onnx_exporter
 
     try:
@@ -136,7 +130,9 @@ def experiment_command(
             strategies=parse_list(strategies),
             seeds=parse_list(seeds, int),
             schedule=Schedule(
-                _number(initial, "initial"), _number(step, "step"), _number(until, "until")
+                parse_size(initial, "--initial"),
+                parse_size(step, "--step"),
+                parse_size(until, "--until"),
             ),
             round=RoundConfig(
                 preset=preset, device=device, gan_steps=gan_steps, gan_epochs=epochs,

@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from dgaal_core.errors import DgaalError
+
 from .common import handle_errors
 
 
@@ -39,7 +41,7 @@ def report_command(
     from .progress import console
 
     if band not in ("minmax", "sd"):
-        raise typer.BadParameter("--band: minmax or sd")
+        raise DgaalError(f"--band {band}: expected minmax or sd")
     data, base = report_from(results_path=results, pool=pool)
     files = write_report(data, out, pool=pool, round_no=round_no, base=base, band=band)
     for f in files:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -35,17 +34,6 @@ from .common import (
 from .score_cmd import AddressOpt, EngineName, EngineOpt, WorkersOpt, ray_options
 
 PoolOpt = Annotated[Path, typer.Option("--pool", help="Pool file (e.g. pools.h5).")]
-
-
-def _budget(value: str) -> float:
-    """``--budget``: a finite fraction below 1 or a whole count (RoundConfig checks the rest)."""
-    try:
-        budget = float(value)
-    except ValueError:
-        budget = float("nan")
-    if not math.isfinite(budget):
-        raise DgaalError(f"--budget {value}: expected a fraction (0.05) or a count (2500)")
-    return budget
 
 
 def _summary(record: dict[str, Any]) -> None:
@@ -142,12 +130,13 @@ def round_command(
         _abandon(pool, workdir)
         return
     from dgaal_core.loop.config import RoundConfig  # no torch yet: bad settings fail fast
+    from dgaal_core.values import parse_size
 
     try:
         cfg = RoundConfig(
-            strategy=strategy, budget=_budget(budget), oracle=oracle, preset=preset, seed=seed,
-            device=device, gan_epochs=epochs, gan_steps=gan_steps, task_epochs=task_epochs,
-            coevolve_steps=coevolve_steps,
+            strategy=strategy, budget=parse_size(budget, "--budget"), oracle=oracle,
+            preset=preset, seed=seed, device=device, gan_epochs=epochs, gan_steps=gan_steps,
+            task_epochs=task_epochs, coevolve_steps=coevolve_steps,
             depth_limit=depth_limit, augment_ratio=augment_ratio, take_all=take_all,
             **method_settings(
                 task_min_steps, shortlist, task_weight, generated_cap, retrain_gan, pmse_weight,

@@ -37,3 +37,7 @@ class PoolExhaustedError(DgaalError):
 
 class PoolUpdateError(DgaalError):
     """A requested pool mutation is invalid (unknown ids, bad labels, wrong shapes)."""
+
+
+class ConfigError(DgaalError, ValueError):
+    """A setting or configuration value is invalid (names the field and what was expected)."""

@@ -20,6 +20,7 @@ def class_images(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 def random_pool(path: Path, shape=(8, 8, 1), n: int = 700, seed: int = 0) -> np.ndarray:
     """A pool of ``n`` random images (10 classes, 20% labelled); returns the images."""
+    from dgaal_core.loop.selection import choose_initial
     from dgaal_core.pool.writer import PoolBuilder
 
     rng = np.random.default_rng(seed)
@@ -27,7 +28,7 @@ def random_pool(path: Path, shape=(8, 8, 1), n: int = 700, seed: int = 0) -> np.
     with PoolBuilder(path, shape, [str(i) for i in range(10)]) as b:
         for i in range(0, n, 128):
             b.add(images[i : i + 128], truth=np.arange(i, min(n, i + 128)) % 10)
-        b.finish(initial=0.2, rng=rng)
+        b.finish(labelled=choose_initial(b.truth, 0.2, rng))
     return images
 
 

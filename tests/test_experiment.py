@@ -24,6 +24,7 @@ from dgaal_core.experiment.runner import (
 )
 from dgaal_core.loop import strategies
 from dgaal_core.loop.parts import RoundConfig
+from dgaal_core.loop.selection import choose_initial
 from dgaal_core.pool.reader import PoolReader
 from dgaal_core.pool.schema import State
 from dgaal_core.pool.writer import PoolBuilder
@@ -40,7 +41,8 @@ def tiny_pool(path: Path, n: int = 100, *, test: bool = True, truth: bool = True
         b.add(images, truth=labels if truth else None)
         if test:
             b.add_test(images[:40], labels[:40])
-        b.finish(initial=0.1 if truth else 0, rng=np.random.default_rng(0))
+        chosen = choose_initial(b.truth, 0.1, np.random.default_rng(0)) if truth else None
+        b.finish(labelled=chosen)
     return path
 
 

@@ -10,6 +10,7 @@ import onnx
 import pytest
 import torch
 
+from dgaal_core.loop.selection import choose_initial
 from dgaal_core.model.config import config_hash, preset
 from dgaal_core.model.networks import build_models
 from dgaal_core.pool.reader import PoolReader
@@ -45,7 +46,7 @@ def make_pool(path: Path, shape: tuple[int, int, int], n: int = 120, seed: int =
     images = rng.integers(0, 256, (n, *shape), dtype=np.uint8)
     with PoolBuilder(path, shape, CLASSES) as b:
         b.add(images, truth=np.arange(n) % 10)
-        b.finish(initial=0.1, rng=rng)
+        b.finish(labelled=choose_initial(b.truth, 0.1, rng))
     return images
 
 

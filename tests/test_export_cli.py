@@ -14,6 +14,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from cli import export_cmd, generate_cmd, score_cmd
+from dgaal_core.loop.selection import choose_initial
 from dgaal_core.model.config import preset
 from dgaal_core.pool.reader import PoolReader
 from dgaal_core.pool.schema import State
@@ -50,7 +51,7 @@ def make_pool(path: Path, shape=(8, 8, 1), n: int = 200) -> np.ndarray:
     images = rng.integers(0, 256, (n, *shape), dtype=np.uint8)
     with PoolBuilder(path, shape, [str(i) for i in range(10)]) as b:
         b.add(images, truth=np.arange(n) % 10)
-        b.finish(initial=0.1, rng=rng)
+        b.finish(labelled=choose_initial(b.truth, 0.1, rng))
     return images
 
 

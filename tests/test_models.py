@@ -16,7 +16,6 @@ from dgaal_core.model.config import (
     RunConfig,
     TrainConfig,
     config_hash,
-    derive_seed,
     preset,
 )
 from dgaal_core.model.data import to_model_input, to_uint8_images
@@ -29,6 +28,7 @@ from dgaal_core.model.networks import (
     build_task_model,
     unet_sizes,
 )
+from dgaal_core.values import derive_seed
 
 SHAPES = [(8, 8, 1), (28, 28, 1), (32, 32, 3), (64, 64, 3), (28, 20, 3)]
 

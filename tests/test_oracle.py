@@ -22,6 +22,7 @@ from dgaal_core.loop.oracle import (
     simulated_answers,
     write_query_package,
 )
+from dgaal_core.loop.selection import choose_initial
 from dgaal_core.pool.reader import PoolReader
 from dgaal_core.pool.schema import State
 from dgaal_core.pool.writer import PoolBuilder, PoolWriter
@@ -36,7 +37,7 @@ def pool(tmp_path):
     images = rng.integers(0, 256, (30, 6, 6, 3), dtype=np.uint8)
     with PoolBuilder(path, (6, 6, 3), CLASSES) as b:
         b.add(images, truth=np.arange(30) % 3)
-        b.finish(initial=6, rng=rng)
+        b.finish(labelled=choose_initial(b.truth, 6, rng))
     with PoolWriter(path) as w:
         w.set_state([10, 11, 12], State.QUERIED)
         w.commit()

@@ -21,10 +21,12 @@ from dgaal_core.errors import (
     PoolLockedError,
     PoolUpdateError,
 )
+from dgaal_core.loop.selection import choose_initial
 from dgaal_core.pool.check import check_pool
-from dgaal_core.pool.reader import PoolReader, file_sha256
+from dgaal_core.pool.reader import PoolReader
 from dgaal_core.pool.schema import FORMAT, VERSION, Origin, State, shard_dir
-from dgaal_core.pool.writer import PoolBuilder, PoolWriter, choose_initial
+from dgaal_core.pool.shards import file_sha256
+from dgaal_core.pool.writer import PoolBuilder, PoolWriter
 
 CLASSES = [str(i) for i in range(10)]
 
@@ -38,7 +40,7 @@ def make_pool(path: Path, n: int = 300, shape=(8, 8, 1), test: int = 40, initial
             b.add(images[i : i + 64], truth=truth[i : i + 64])
         if test:
             b.add_test(images[:test], truth[:test])
-        b.finish(initial=initial, rng=np.random.default_rng(seed))
+        b.finish(labelled=choose_initial(b.truth, initial, np.random.default_rng(seed)))
     return images, truth
 
 
@@ -176,8 +178,8 @@ def test_pools_sharing_a_shard_folder_never_delete_each_others_shards(tmp_path):
         assert ra.num_rows == 5
         rb.check_shards()
         np.testing.assert_array_equal(rb.read_images(np.arange(70)), images_b)
-        mine = {s.name for s in ra._pool_shards} | {s.name for s in rb._pool_shards}
-        mine |= {s.name for s in rb._test_shards}
+        mine = {s.name for s in ra.pool_shards} | {s.name for s in rb.pool_shards}
+        mine |= {s.name for s in rb.test_shards}
     assert {p.name for p in shard_dir(a).iterdir()} == mine
 
 
@@ -197,7 +199,7 @@ def test_a_pool_made_before_pool_ids_stays_readable_and_gets_an_id(tmp_path):
     with PoolReader(path) as r:
         assert r.pool_id is not None and r.num_rows == 32
         r.check_shards()
-        assert r._pool_shards[-1].name.startswith(f"pool-{r.pool_id}-")
+        assert r.pool_shards[-1].name.startswith(f"pool-{r.pool_id}-")
     assert stray.exists()
 
 
@@ -335,7 +337,7 @@ def test_garbage_in_an_attribute_is_a_named_error_and_shards_carry_checksums(tmp
         w.append(np.zeros((2, 8, 8, 1), np.uint8), parents=np.arange(2))
         w.commit()
     with PoolReader(path) as r:  # every shard is sealed with its SHA-256 when written
-        names = [s.name for s in r._pool_shards]
+        names = [s.name for s in r.pool_shards]
         assert len(names) == 2 and sorted(r.shard_sha256) == sorted(names)
         assert r.shard_sha256[names[1]] == file_sha256(shard_dir(path) / names[1])
     with h5py.File(path, "a") as f:
@@ -414,5 +416,5 @@ def test_kill_9_during_create_force_keeps_the_old_pool_until_the_new_one_is_comp
     with PoolWriter(path) as w:  # the next writer works on whichever it is, and deletes the
         w.commit()  # shards a killed create left (their id was never published)
     with PoolReader(path) as r:
-        mine = {s.name for s in r._pool_shards} | {s.name for s in r._test_shards}
+        mine = {s.name for s in r.pool_shards} | {s.name for s in r.test_shards}
     assert {p.name for p in shard_dir(path).iterdir()} == mine

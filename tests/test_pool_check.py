@@ -17,6 +17,7 @@ from pools import class_images
 from typer.testing import CliRunner
 
 from cli.main import app
+from dgaal_core.loop.selection import choose_initial
 from dgaal_core.pool.check import CHECKS, check_pool
 from dgaal_core.pool.reader import PoolReader
 from dgaal_core.pool.schema import State, shard_dir
@@ -48,7 +49,7 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     with PoolBuilder(path, (8, 8, 1), ["a", "b", "c", "d"]) as b:
         b.add(x, truth=y)
         b.add_test(x[:8], y[:8])
-        b.finish(initial=8, rng=np.random.default_rng(0))
+        b.finish(labelled=choose_initial(b.truth, 8, np.random.default_rng(0)))
     with PoolReader(path) as r:
         assert (r.states[ROUND_1] == State.UNLABELLED).all()
     with PoolWriter(path) as w:
@@ -73,7 +74,7 @@ def pool(base: Path, tmp_path: Path) -> Path:
 
 def a_shard(pool: Path) -> Path:
     with PoolReader(pool) as r:
-        return shard_dir(pool) / r._pool_shards[0].name
+        return shard_dir(pool) / r.pool_shards[0].name
 
 
 def pool_id(pool: Path) -> str:

@@ -22,6 +22,7 @@ from dgaal_core.experiment.report import (
     write_report,
 )
 from dgaal_core.experiment.runner import ExperimentError
+from dgaal_core.loop.selection import choose_initial
 from dgaal_core.pool.schema import State
 from dgaal_core.pool.writer import PoolBuilder, PoolWriter
 
@@ -117,7 +118,7 @@ def selection_pool(path: Path) -> Path:
     with PoolBuilder(path, (8, 8, 1), ["a", "b"]) as b:
         b.add(images, truth=np.arange(20) % 2)
         b.add_test(images[:4], np.arange(4) % 2)
-        b.finish(initial=4, rng=rng)
+        b.finish(labelled=choose_initial(b.truth, 4, rng))
     with PoolWriter(path) as w:
         gen = w.append(images[:2], labels=np.array([0, 1]), parents=np.array([0, 1]))
         picked = np.array([5, 6, 7, *gen])

@@ -11,6 +11,7 @@ from pools import class_images
 from dgaal_core.errors import EmptyPoolError, PoolExhaustedError
 from dgaal_core.loop.parts import RoundConfig
 from dgaal_core.loop.round import Round
+from dgaal_core.loop.selection import choose_initial
 from dgaal_core.pool.reader import PoolReader
 from dgaal_core.pool.schema import Origin, State
 from dgaal_core.pool.writer import PoolBuilder, PoolWriter
@@ -25,7 +26,7 @@ def tiny_pool(path: Path, n: int = 120, seed: int = 0) -> np.ndarray:
     with PoolBuilder(path, (8, 8, 1), ["a", "b", "c", "d"]) as b:
         b.add(images, truth=truth)
         b.add_test(images[:40], truth[:40])
-        b.finish(initial=0.2, rng=np.random.default_rng(seed))
+        b.finish(labelled=choose_initial(b.truth, 0.2, np.random.default_rng(seed)))
     return truth
 
 

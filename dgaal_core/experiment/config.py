@@ -12,7 +12,7 @@ import numpy as np
 from dgaal_core.errors import DgaalError
 from dgaal_core.loop.parts import RoundConfig
 from dgaal_core.loop.strategies import strategy_spec
-from dgaal_core.model.config import MAX_SEED
+from dgaal_core.values import check_seed, check_size, size_of
 
 PAPER_STRATEGIES = ("dgaal", "dgaal-paper", "vaal", "vaal-coevo", "random")
 # RoundConfig fields the experiment sets per run or per round (not part of the shared settings)
@@ -25,9 +25,7 @@ class ExperimentError(DgaalError):
 
 def _size(value: float, total: int, what: str) -> int:
     """A fraction (< 1) of ``total`` or a whole count (>= 1), as a count."""
-    if value >= 1 and value != int(value):
-        raise ExperimentError(f"--{what} must be a fraction below 1 or a whole count, got {value}")
-    return round(value * total) if value < 1 else int(value)
+    return size_of(check_size(value, f"--{what}", error=ExperimentError), total)
 
 
 @dataclass(frozen=True)
@@ -104,8 +102,7 @@ class ExperimentConfig:
             if len(set(seq)) != len(seq):
                 raise ExperimentError(f"--{what} lists a value twice: {list(seq)}")
         for seed in self.seeds:  # checked now: a run folder is named after its seed
-            if not 0 <= seed <= MAX_SEED:
-                raise ExperimentError(f"--seeds: expected integers in 0..{MAX_SEED}, got {seed}")
+            check_seed(seed, "--seeds")
 
     def shared_round_settings(self) -> dict[str, Any]:
         """The round settings that must match when an experiment is resumed."""

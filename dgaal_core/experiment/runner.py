@@ -9,7 +9,7 @@ Layout of an experiment folder ``DIR``::
 
 A run's pool is a fresh copy of the source pool's *real* rows (earlier rounds, labels and
 generated rows dropped) with a new initial labelled set drawn by
-:func:`~dgaal_core.pool_writer.choose_initial` from the seed alone, so every strategy of a seed
+:func:`~dgaal_core.loop.selection.choose_initial` from the seed alone, so every strategy of a seed
 starts from the same labelled images. Round 0 (T trained on the initial set, before any
 selection) is evaluated once and kept in the pool's ``meta["experiment"]``.
 
@@ -43,13 +43,14 @@ from dgaal_core.experiment.config import (
 )
 from dgaal_core.loop.parts import Exporter, PoolSource
 from dgaal_core.loop.round import Round, work_dir
-from dgaal_core.model.config import derive_seed
+from dgaal_core.loop.selection import choose_initial
 from dgaal_core.model.data import ArraySource
 from dgaal_core.model.networks import build_task_model
 from dgaal_core.model.task import evaluate_task, train_task
 from dgaal_core.pool.reader import PoolReader
 from dgaal_core.pool.schema import Origin, State
 from dgaal_core.pool.writer import PoolBuilder, PoolWriter
+from dgaal_core.values import derive_seed
 
 __all__ = [
     "PAPER_STRATEGIES",
@@ -205,7 +206,8 @@ class Experiment:
                     b.add_test(*src.read_test(lo, lo + 4096))
                 rng = np.random.default_rng(derive_seed(seed, "initial"))
                 meta = {"experiment": self._run_meta(strategy, seed)}
-                b.finish(initial=self.targets[0], rng=rng, stratified=True, meta=meta)
+                labelled = choose_initial(truth, self.targets[0], rng, stratified=True)
+                b.finish(labelled=labelled, meta=meta)
 
     def _check_settings(self, path: Path, meta: dict[str, Any], strategy: str, seed: int) -> None:
         want = self._run_meta(strategy, seed)

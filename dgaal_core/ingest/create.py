@@ -17,7 +17,6 @@ never torch.
 
 from __future__ import annotations
 
-import math
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
@@ -38,10 +37,11 @@ from dgaal_core.ingest.folder import (
     scan_folder,
     size_error,
 )
-from dgaal_core.model.config import MAX_SEED
+from dgaal_core.loop.selection import choose_initial
 from dgaal_core.pool.reader import PoolReader
 from dgaal_core.pool.schema import State
 from dgaal_core.pool.writer import PoolBuilder
+from dgaal_core.values import check_seed, check_size
 
 BATCH_SIZE = 1024
 SOURCES = ("folder", "npz", "digits")
@@ -232,8 +232,7 @@ def open_source(
     """Open a source by name (one of :data:`SOURCES`), checking the arguments fit it."""
     if kind not in SOURCES:
         raise IngestError(f"unknown source {kind!r}: expected one of {', '.join(SOURCES)}")
-    if not 0 <= seed <= MAX_SEED:
-        raise IngestError(f"--seed must be an integer in 0..{MAX_SEED}, got {seed}")
+    check_seed(seed, "--seed")
     if kind == "digits":
         if path is not None or test_dir is not None or class_names is not None:
             raise IngestError(
@@ -254,18 +253,11 @@ def _check_initial(initial: float | None, n: int, truth: bool) -> float:
     """The ``--initial`` value to use: a fraction < 1 or a whole count, checked against ``n``."""
     if initial is None:
         return 0.1 if truth else 0.0
-    if not (math.isfinite(initial) and initial >= 0):
-        raise IngestError(
-            f"--initial must be a number >= 0 (a fraction below 1 or a whole count), got {initial}"
-        )
+    initial = check_size(initial, "--initial", zero_ok=True, error=IngestError)
     if initial and not truth:
         raise IngestError(
             f"--initial {initial:g} needs labelled source data, but the pool has no ground truth "
             "(unlabelled source or --no-truth); use --initial 0"
-        )
-    if initial >= 1 and initial != int(initial):
-        raise IngestError(
-            f"--initial must be a number >= 0 (a fraction below 1 or a whole count), got {initial}"
         )
     if initial >= 1 and initial > n:
         raise IngestError(f"--initial {int(initial)} is more than the {n} images in the pool")
@@ -312,8 +304,7 @@ def create_pool(
         raise PoolExistsError(f"{out} already exists; pass --force to replace it")
     if batch_size < 1:
         raise IngestError(f"batch size must be at least 1, got {batch_size}")
-    if not 0 <= seed <= MAX_SEED:
-        raise IngestError(f"--seed must be an integer in 0..{MAX_SEED}, got {seed}")
+    check_seed(seed, "--seed")
     truth = keep_truth and source.has_labels
     initial = _check_initial(initial, source.num_train, truth)
     report = progress or (lambda stage, done, total: None)
@@ -333,7 +324,10 @@ def create_pool(
             done += images.shape[0]
             report("test", done, source.num_test)
         rng = np.random.default_rng(np.random.SeedSequence([seed, 0]))
-        b.finish(initial=initial, rng=rng, stratified=stratified, meta=meta)
+        chosen = None
+        if initial and b.truth is not None:
+            chosen = choose_initial(b.truth, initial, rng, stratified)
+        b.finish(labelled=chosen, meta=meta)
     with PoolReader(out) as r:
         labelled = int(r.ids(State.LABELLED).size)
     return IngestResult(

@@ -11,8 +11,10 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from dgaal_core.errors import ConfigError
 from dgaal_core.loop.strategies import strategy_spec
-from dgaal_core.model.config import ConfigError, RunConfig, check_seed, preset
+from dgaal_core.model.config import RunConfig, preset
+from dgaal_core.values import check_seed, check_size, size_of
 
 
 @dataclass(frozen=True)
@@ -49,12 +51,7 @@ class RoundConfig:
         check_seed(self.seed)
         if self.oracle not in ("auto", "simulated", "human"):
             raise ConfigError(f"oracle must be auto, simulated or human, got {self.oracle!r}")
-        if not (math.isfinite(self.budget) and self.budget > 0):
-            raise ConfigError(f"budget must be > 0 (a fraction < 1 or a count), got {self.budget}")
-        if self.budget >= 1 and self.budget != int(self.budget):
-            raise ConfigError(
-                f"budget must be a fraction below 1 or a whole count, got {self.budget}"
-            )
+        check_size(self.budget, "budget")
         if not 0 <= self.augment_ratio <= 1:
             raise ConfigError(f"augment_ratio must lie in [0, 1], got {self.augment_ratio}")
         if self.depth_limit < 1:
@@ -113,6 +110,4 @@ class RoundConfig:
 
     def budget_count(self, real_rows: int) -> int:
         """The number of images to select this round."""
-        if self.budget < 1:
-            return max(1, round(self.budget * real_rows))
-        return int(self.budget)
+        return max(1, size_of(self.budget, real_rows))

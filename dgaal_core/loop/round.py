@@ -57,7 +57,7 @@ from dgaal_core.loop.strategies import (
     strategy_spec,
 )
 from dgaal_core.model.checkpoint import load_checkpoint, save_checkpoint, trainer_from_checkpoint
-from dgaal_core.model.config import RunConfig, derive_seed
+from dgaal_core.model.config import RunConfig
 from dgaal_core.model.data import ArraySource
 from dgaal_core.model.networks import build_task_model
 from dgaal_core.model.task import evaluate_task, train_task
@@ -65,6 +65,7 @@ from dgaal_core.model.training import DGAALTrainer, resolve_device
 from dgaal_core.pool.reader import PoolReader
 from dgaal_core.pool.schema import CHECKPOINT_FILE, Origin, State, round_dir, work_dir
 from dgaal_core.pool.writer import PoolWriter
+from dgaal_core.values import derive_seed
 
 Log = Callable[[str], None]
 
@@ -126,7 +127,7 @@ class Round:
     def _fresh_or_warm_trainer(self, n: int, reader: PoolReader) -> DGAALTrainer:
         run = self._run_config(reader.image_shape, reader.num_classes)
         prev = round_dir(self.workdir, n - 1) / CHECKPOINT_FILE
-        if run.train.warm_start and prev.exists():
+        if prev.exists():
             ckpt = load_checkpoint(prev)
             if ckpt["config"]["model"] == run.model.to_dict():
                 self.log(f"warm start from {prev}")

@@ -21,27 +21,18 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
-from dgaal_core.errors import DgaalError
+from dgaal_core.errors import ConfigError
+from dgaal_core.values import check_seed
 
 TaskKind = Literal["vgg16", "small"]
 DeviceName = Literal["auto", "cpu", "cuda"]
 TASK_KINDS = ("vgg16", "small")
 DEVICES = ("auto", "cpu", "cuda")
 PRESETS = ("paper", "small")
-
-
-class ConfigError(DgaalError, ValueError):
-    """A configuration value or dict is invalid (names the field and what was expected)."""
-
-
-MAX_SEED = 2**63 - 1  # seeds must fit torch's and HDF5's signed 64-bit integers
-
-
-def check_seed(seed: object, what: str = "seed") -> int:
-    """``seed`` if it is an integer in ``[0, MAX_SEED]``; else one clear :class:`ConfigError`."""
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
-        raise ConfigError(f"{what} must be an integer in 0..{MAX_SEED}, got {seed}")
-    return seed
+# TrainConfig fields of earlier versions that did nothing (T always evaluated in batches of 256,
+# was always rebuilt from scratch, and the GAN always warm-started): accepted when reading old
+# checkpoints and round records, and dropped.
+REMOVED_TRAIN_FIELDS = ("eval_batch_size", "warm_start", "retrain_task_from_scratch")
 
 
 def default_z_dim(image_shape: tuple[int, ...]) -> int:
@@ -64,10 +55,12 @@ def _int_tuple(value: Any, n: int, cls_name: str, name: str) -> tuple[int, ...]:
 _C = TypeVar("_C")
 
 
-def _from_dict(cls: type[_C], data: dict[str, Any]) -> _C:
-    """Build dataclass ``cls`` from a plain dict: unknown keys are errors, missing ones default."""
+def _from_dict(cls: type[_C], data: dict[str, Any], dropped: tuple[str, ...] = ()) -> _C:
+    """Build dataclass ``cls`` from a plain dict: unknown keys are errors (but for ``dropped``,
+    fields of earlier versions that are ignored), missing ones default."""
     if not isinstance(data, dict):
         raise ConfigError(f"{cls.__name__}: expected a dict, got {type(data).__name__}")
+    data = {k: v for k, v in data.items() if k not in dropped}
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(data) - names)
     if unknown:
@@ -160,13 +153,10 @@ class TrainConfig:
     task_weight_decay: float = 5e-4  # decoupled (AdamW) weight decay of T
     task_warmup: float = 0.05  # share of T's steps with a linear learning-rate warm-up
     task_ema: float = 0.0  # > 0: T ends as the exponential moving average of its weights
-    eval_batch_size: int = 256
     augment: bool = True  # random crop with padding (+ horizontal flip for RGB) when training T
     seed: int = 0
     device: DeviceName = "auto"
     amp: bool = True  # bf16 autocast on CUDA; the CPU path is always plain fp32
-    warm_start: bool = True  # start G, D1, D2 (and their optimisers) from the previous round
-    retrain_task_from_scratch: bool = True
 
     def __post_init__(self) -> None:
         n = type(self).__name__
@@ -175,15 +165,15 @@ class TrainConfig:
         ok = ok and all(isinstance(b, int | float) and 0.0 <= b < 1.0 for b in betas)
         _check(ok, n, "betas", "two numbers in [0, 1)", betas)
         object.__setattr__(self, "betas", (float(betas[0]), float(betas[1])))
-        for name in ("batch_size", "task_epochs", "eval_batch_size"):
+        for name in ("batch_size", "task_epochs"):
             value = getattr(self, name)
             ok = isinstance(value, int) and not isinstance(value, bool) and value >= 1
             _check(ok, n, name, "a positive integer", value)
         _check(self.batch_size >= 2, n, "batch_size", "at least 2 (batch norm)", self.batch_size)
-        for name in ("coevolve_steps", "seed", "task_min_steps"):
+        for name in ("coevolve_steps", "task_min_steps"):
             value = getattr(self, name)
             _check(isinstance(value, int) and value >= 0, n, name, "an integer >= 0", value)
-        _check(self.seed <= MAX_SEED, n, "seed", f"an integer <= {MAX_SEED}", self.seed)
+        check_seed(self.seed, f"{n}.seed")
         if self.gan_steps is not None:
             ok = isinstance(self.gan_steps, int) and self.gan_steps >= 0
             _check(ok, n, "gan_steps", "None or an integer >= 0", self.gan_steps)
@@ -228,8 +218,9 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        """Inverse of :meth:`to_dict`; raises :class:`ConfigError` on unknown or bad fields."""
-        return _from_dict(cls, data)
+        """Inverse of :meth:`to_dict`; raises :class:`ConfigError` on unknown or bad fields
+        (the :data:`REMOVED_TRAIN_FIELDS` of earlier versions are dropped)."""
+        return _from_dict(cls, data, REMOVED_TRAIN_FIELDS)
 
 
 @dataclass(frozen=True)
@@ -295,12 +286,3 @@ def config_hash(config: Any) -> str:
     data = config.to_dict() if hasattr(config, "to_dict") else config
     text = json.dumps(data, sort_keys=True, separators=(",", ":"), allow_nan=False)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def derive_seed(seed: int, *keys: str | int) -> int:
-    """A 63-bit seed derived from ``seed`` and a path of keys (e.g. ``(seed, "task", round)``).
-
-    Each consumer of randomness gets its own stream, all flowing from the one ``TrainConfig.seed``.
-    """
-    text = json.dumps([seed, *keys])
-    return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "little") >> 1

@@ -50,7 +50,8 @@ import torch
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from dgaal_core.model.config import ModelConfig, derive_seed
+from dgaal_core.model.config import ModelConfig
+from dgaal_core.values import derive_seed
 
 NOISE_LOW, NOISE_HIGH = 0.95, 1.05
 

@@ -45,11 +45,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from dgaal_core.errors import EmptyPoolError
+from dgaal_core.errors import ConfigError, EmptyPoolError
 from dgaal_core.model import losses
-from dgaal_core.model.config import ConfigError, ModelConfig, RunConfig, TrainConfig, derive_seed
+from dgaal_core.model.config import ModelConfig, RunConfig, TrainConfig
 from dgaal_core.model.data import DataSource, sample_batch, sample_union, to_model_input
 from dgaal_core.model.networks import Models, build_models
+from dgaal_core.values import derive_seed
 
 History = dict[str, list[float]]
 

@@ -2,7 +2,7 @@
 
 Reads the index with h5py directly, not through :class:`~dgaal_core.pool.PoolReader`, so that
 garbage in one attribute is one finding instead of the end of the check. numpy + h5py only (no
-torch): the command starts fast. The row checks live in :mod:`.pool_check_rows`.
+torch): the command starts fast. The row checks live in :mod:`dgaal_core.pool.check_rows`.
 
 :func:`check_pool` only reads; :func:`repair_pool` removes this pool's orphan files and abandons
 a broken round that waits for answers (both through the writer, under the lock), and never
@@ -11,9 +11,7 @@ touches a committed label.
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,18 +20,19 @@ from typing import Any
 import h5py
 import numpy as np
 
+from dgaal_core.atomic import TMP_MARK
 from dgaal_core.errors import DgaalError, PoolFormatError
 from dgaal_core.pool.check_rows import RowChecks
-from dgaal_core.pool.reader import file_sha256
+from dgaal_core.pool.lock import dead_create, holder
 from dgaal_core.pool.schema import (
     FORMAT,
     IMAGES,
     ROW_FIELDS,
     VERSION,
-    lock_path,
     owns_shard,
     shard_dir,
 )
+from dgaal_core.pool.shards import file_sha256
 
 CHECKS = (
     "attributes",
@@ -81,38 +80,6 @@ def _json(raw: Any) -> Any:
     if not isinstance(raw, str):
         raise TypeError(f"expected a JSON string, got {type(raw).__name__}")
     return json.loads(raw)
-
-
-def _holder(pool: Path) -> str | None:
-    """Who holds the writer lock of ``pool`` right now (None if nobody). Writes nothing."""
-    lock = lock_path(pool)
-    try:
-        fd = os.open(lock, os.O_RDONLY)
-    except OSError:
-        return None  # never locked
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        try:
-            h = json.loads(lock.with_name(lock.name + ".json").read_text())
-            return f"'{h['purpose']}' (pid {h['pid']})"
-        except (OSError, ValueError, KeyError):
-            return "another process"
-    else:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return None
-    finally:
-        os.close(fd)
-
-
-def _dead_create(pool: Path) -> str | None:
-    """The pool id a killed ``pool create`` of ``pool`` left in the lock info (when not held)."""
-    info = lock_path(pool).with_name(lock_path(pool).name + ".json")
-    try:
-        dead = json.loads(info.read_text()).get("creating")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return dead if isinstance(dead, str) else None
 
 
 class _Checker(RowChecks):
@@ -287,16 +254,16 @@ class _Checker(RowChecks):
         if self.shards is None or self.pool_id is None:
             why = "the shard lists do not parse" if self.shards is None else "the pool has no id"
             return self.skip("orphans", f"{why}: whose shards are whose cannot be told")
-        if (holder := _holder(self.path)) is not None:
-            return self.skip("orphans", f"the pool is being written by {holder}")
+        if (who := holder(self.path)) is not None:
+            return self.skip("orphans", f"the pool is being written by {who}")
         keep = {n for n, _ in self.shards["pool_shards"] + self.shards["test_shards"]}
         folder = shard_dir(self.path)
         files = sorted(p.name for p in folder.glob("*.h5")) if folder.is_dir() else []
         ours = [n for n in files if n not in keep and owns_shard(self.pool_id, n)]
-        dead = _dead_create(self.path)  # a `pool create` of this file killed before publishing
+        dead = dead_create(self.path)  # a `pool create` of this file killed before publishing
         if dead and dead != self.pool_id:
             ours += [n for n in files if owns_shard(dead, n)]
-        temps = sorted(p.name for p in self.path.parent.glob(f"{self.path.name}.tmp-*"))
+        temps = sorted(p.name for p in self.path.parent.glob(f"{self.path.name}{TMP_MARK}*"))
         others = sum(1 for n in files if n not in keep and n not in ours)
         bad = [f"orphan shard {n}" for n in ours] + [f"left-over index {n}" for n in temps]
         note = f" ({others} files of other pools left alone)" if others else ""

@@ -10,7 +10,6 @@ uses it (h5py handles must not cross a fork).
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import queue
@@ -53,6 +52,7 @@ class Shard:
 
 
 def _shards_from_attr(raw: Any) -> list[Shard]:
+    """``[[name, rows], ...]`` (the index's shard list) as :class:`Shard` row ranges."""
     entries = json.loads(raw) if raw else []
     out, start = [], 0
     for name, rows in entries:
@@ -61,19 +61,10 @@ def _shards_from_attr(raw: Any) -> list[Shard]:
     return out
 
 
-def file_sha256(path: Path) -> str:
-    """SHA-256 of a file's bytes, hex (shards are immutable once written: this is their seal)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
-
-
 class _ShardedImages:
     """Rows of one image split (pool or test) read straight from its shard files."""
 
-    def __init__(self, pool_path: Path, shards: list[Shard], image_shape: tuple[int, int, int]):
+    def __init__(self, pool_path: Path, shards: Sequence[Shard], image_shape: tuple[int, int, int]):
         self._dir = shard_dir(pool_path)
         self._shards = shards
         self._starts = np.array([s.start for s in shards], dtype=np.int64)
@@ -180,8 +171,8 @@ class PoolReader:
             raise PoolFormatError(f"{self.path}: not an HDF5 file ({e})") from None
         with f:
             self._load(f)
-        self._images = _ShardedImages(self.path, self._pool_shards, self.image_shape)
-        self._test = _ShardedImages(self.path, self._test_shards, self.image_shape)
+        self._images = _ShardedImages(self.path, self.pool_shards, self.image_shape)
+        self._test = _ShardedImages(self.path, self.test_shards, self.image_shape)
 
     def _load(self, f: h5py.File) -> None:
         fmt = f.attrs.get("format")
@@ -200,8 +191,9 @@ class PoolReader:
             pool_id = f.attrs.get("pool_id")  # absent in pools made before ids existed
             self.pool_id: str | None = None if pool_id is None else str(pool_id)
             self.meta: dict[str, Any] = json.loads(f.attrs.get("meta", "{}"))
-            self._pool_shards = _shards_from_attr(f.attrs.get("pool_shards", "[]"))
-            self._test_shards = _shards_from_attr(f.attrs.get("test_shards", "[]"))
+            # the image shards of each split, in row order
+            self.pool_shards = tuple(_shards_from_attr(f.attrs.get("pool_shards", "[]")))
+            self.test_shards = tuple(_shards_from_attr(f.attrs.get("test_shards", "[]")))
             # SHA-256 of each shard file (absent in pools made before checksums existed)
             self.shard_sha256: dict[str, str] = dict(json.loads(f.attrs.get("shard_sha256", "{}")))
             self.fields = {name: f["pool"][name][()] for name in ROW_FIELDS}
@@ -215,7 +207,7 @@ class PoolReader:
                 f"{self.path}: damaged pool, an attribute does not parse ({e}); "
                 "run `dgaal pool check` for details"
             ) from None
-        n = sum(s.rows for s in self._pool_shards)
+        n = sum(s.rows for s in self.pool_shards)
         for name, arr in self.fields.items():
             if arr.shape != (n,):
                 raise PoolFormatError(
@@ -275,7 +267,7 @@ class PoolReader:
     def shard_files(self) -> list[tuple[Path, int, int]]:
         """``(path, first pool row, rows)`` of each image shard, in row order."""
         folder = shard_dir(self.path)
-        return [(folder / s.name, s.start, s.rows) for s in self._pool_shards]
+        return [(folder / s.name, s.start, s.rows) for s in self.pool_shards]
 
     def check_shards(self) -> None:
         """Open every shard and verify its shape; raises :class:`PoolFormatError` if damaged."""
@@ -322,8 +314,8 @@ class PoolReader:
                 "labelled": int(np.sum((labels == c) & (st == State.LABELLED))),
                 "test": int(np.sum(self.test_labels == c)),
             }
-        files = [self.path, *(shard_dir(self.path) / s.name for s in self._pool_shards)]
-        files += [shard_dir(self.path) / s.name for s in self._test_shards]
+        files = [self.path, *(shard_dir(self.path) / s.name for s in self.pool_shards)]
+        files += [shard_dir(self.path) / s.name for s in self.test_shards]
         return {
             "path": str(self.path),
             "images": self.num_rows,
@@ -389,8 +381,3 @@ def _read_ahead(
                 q.get_nowait()
             except queue.Empty:
                 t.join(timeout=0.05)
-
-
-def open_pool(path: str | Path) -> PoolReader:
-    """Open the pool at ``path`` for reading (checks format and version)."""
-    return PoolReader(path)
