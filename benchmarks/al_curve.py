@@ -29,9 +29,11 @@ from pathlib import Path
 
 from datasets import make_pool, source_for
 
-from dgaal_core.experiment.report import aggregate, headline, verdict, write_report
-from dgaal_core.experiment.runner import Experiment, ExperimentConfig, Schedule, parse_list
-from dgaal_core.loop.parts import RoundConfig
+from dgaal_core.experiment.config import ExperimentConfig, Schedule, parse_list
+from dgaal_core.experiment.curves import aggregate
+from dgaal_core.experiment.report import headline, verdict, write_report
+from dgaal_core.experiment.runner import Experiment
+from dgaal_core.loop.config import RoundConfig
 from export.round_backend import onnx_exporter
 
 HERE = Path(__file__).resolve().parent
@@ -42,7 +44,7 @@ def noise_floor(pool: Path, round_config: RoundConfig, seeds: int = 5) -> dict:
     labelled set: the noise every point of the curves carries."""
     import numpy as np
 
-    from dgaal_core.loop.parts import PoolSource
+    from dgaal_core.loop.sources import PoolSource
     from dgaal_core.model.data import ArraySource
     from dgaal_core.model.networks import build_task_model
     from dgaal_core.model.task import evaluate_task, train_task
@@ -144,11 +146,11 @@ def main() -> None:
 
     import torch
 
-    results["benchmark"] = {
+    benchmark = {
         "script": "benchmarks/al_curve.py",
         "wall_seconds": round(wall, 1),
         "round_seconds_total": round(
-            sum(row.get("seconds", 0) for run in results["runs"] for row in run["rounds"]), 1
+            sum(row.seconds for run in results.runs for row in run.rows), 1
         ),
         "machine": platform.platform(),
         "cpu_count": os.cpu_count(),
@@ -158,8 +160,8 @@ def main() -> None:
     }
     if "random" in config.strategies and not args.no_floor:
         floor = noise_floor(exp.pool_path("random", config.seeds[0]), config.round)
-        results["benchmark"]["task_noise_floor"] = floor
-    results["source"] = {
+        benchmark["task_noise_floor"] = floor
+    source_text = {
         "digits": "built-in digits (scikit-learn)",
         "cifar": "CIFAR-10 subset (10,000 training JPEGs, 1,000 per class)",
     }[args.data] + (
@@ -168,14 +170,17 @@ def main() -> None:
         else "; evaluated on the test split"
     )
     args.out.mkdir(parents=True, exist_ok=True)
-    for run in results["runs"]:  # the pools stay in the work folder
-        run["pool"] = str(Path("work") / run["pool"])
-    (args.out / "results.json").write_text(json.dumps(results, indent=1))
+    runs = tuple(  # the pools stay in the work folder
+        dataclasses.replace(run, pool=str(Path("work") / run.pool)) for run in results.runs
+    )
+    results = dataclasses.replace(results, source=source_text, runs=runs)
+    data = {**results.to_dict(), "benchmark": benchmark}
+    (args.out / "results.json").write_text(json.dumps(data, indent=1))
     sheet = exp.pool_path("dgaal", config.seeds[0]) if "dgaal" in config.strategies else None
     files = write_report(results, args.out, pool=sheet if sheet and sheet.exists() else None)
     agg = aggregate(results)
     summary = args.out / "summary.md"
-    b = results["benchmark"]
+    b = benchmark
     summary.write_text(
         summary.read_text()
         + "\n## Run\n\n"

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dgaal_core.ingest.create import ArraySource, create_pool
+from dgaal_core.ingest.create import MemorySource, create_pool
 
 ROOT = Path(__file__).resolve().parents[1]
 CIFAR_TAR = ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
@@ -30,7 +30,7 @@ def _stratified(y: np.ndarray, per_class: int, rng: np.random.Generator) -> np.n
     return np.sort(np.concatenate(picks))
 
 
-def digits_source(split: str = "test") -> ArraySource:
+def digits_source(split: str = "test") -> MemorySource:
     """The built-in digits (1,438 training, 359 test images); with ``split="val"`` a stratified
     20% of the training images (287) stands in for the test split and is removed from training."""
     from dgaal_core.ingest.arrays import digits
@@ -38,7 +38,7 @@ def digits_source(split: str = "test") -> ArraySource:
     d = digits(seed=0)
     assert d.y_train is not None
     if split == "test":
-        return ArraySource(
+        return MemorySource(
             "digits", "digits", d.class_names, d.x_train, d.y_train, d.x_test, d.y_test
         )
     rng = np.random.default_rng(np.random.SeedSequence([0, 2]))
@@ -46,7 +46,7 @@ def digits_source(split: str = "test") -> ArraySource:
     for c in np.unique(d.y_train):
         ids = np.flatnonzero(d.y_train == c)
         val[rng.permutation(ids)[: round(0.2 * ids.size)]] = True
-    return ArraySource(
+    return MemorySource(
         "digits-val",
         "digits (validation split)",
         d.class_names,
@@ -76,7 +76,7 @@ def _read_jpegs(files: list[Path]) -> np.ndarray:
 
 def cifar_subset_source(
     cache: Path, split: str = "test", n_train: int = 10_000, n_eval: int = 5_000
-) -> ArraySource:
+) -> MemorySource:
     """A class-balanced ``n_train``-image subset of CIFAR-10's training JPEGs (seeded, fixed), and
     ``n_eval`` evaluation images: from CIFAR-10's test split (``"test"``) or from training images
     outside the subset (``"val"``)."""
@@ -113,7 +113,7 @@ def cifar_subset_source(
             classes=np.asarray(classes),
         )
     with np.load(npz, allow_pickle=False) as z:
-        return ArraySource(
+        return MemorySource(
             f"cifar{n_train}-{split}",
             str(npz),
             [str(c) for c in z["classes"]],
@@ -124,7 +124,7 @@ def cifar_subset_source(
         )
 
 
-def source_for(name: str, split: str, cache: Path) -> ArraySource:
+def source_for(name: str, split: str, cache: Path) -> MemorySource:
     """``"digits"`` or ``"cifar"`` (the 10,000-image subset), with the ``split`` to evaluate on."""
     if split not in SPLITS:
         raise SystemExit(f"--split: expected one of {SPLITS}, got {split!r}")
@@ -135,7 +135,7 @@ def source_for(name: str, split: str, cache: Path) -> ArraySource:
     raise SystemExit(f"--data: expected digits or cifar, got {name!r}")
 
 
-def make_pool(path: Path, source: ArraySource, initial: float = 0.1) -> Path:
+def make_pool(path: Path, source: MemorySource, initial: float = 0.1) -> Path:
     """A pool at ``path`` from ``source`` (the initial set is redrawn per run by experiments)."""
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)

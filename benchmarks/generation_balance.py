@@ -98,9 +98,7 @@ def main() -> None:
         if args.noise_skips:
             run = dataclasses.replace(run, model=dataclasses.replace(run.model, noise_skips=True))
         trainer = DGAALTrainer.create(run, "cpu")
-        trainer.train_gan(
-            ArraySource(x[labelled]), ArraySource(x[~labelled]), real=ArraySource(x), progress=False
-        )
+        trainer.train_gan(ArraySource(x[labelled]), ArraySource(x[~labelled]), real=ArraySource(x))
         for s in (float(v) for v in args.spreads.split(",")):
             x_g = generate(trainer, x[probe], s, derive_seed(0, "balance-noise"))
             dist = float(np.abs(x_g.astype(np.int16) - x[probe].astype(np.int16)).mean() / 255)

@@ -49,7 +49,7 @@ def briefly_trained(
 
     from dgaal_core.model.config import preset
     from dgaal_core.model.data import ArraySource
-    from dgaal_core.model.networks import Generator, LatentDiscriminator
+    from dgaal_core.model.networks import LatentDiscriminator, UNetGenerator
     from dgaal_core.model.training import DGAALTrainer
     from export.pipeline import ExportedModels
 
@@ -60,7 +60,7 @@ def briefly_trained(
     path = None if cache is None else cache / key
     if path is not None and path.is_file():
         state = torch.load(path, weights_only=True)
-        g = Generator(run.model)
+        g = UNetGenerator(run.model)
         d1 = LatentDiscriminator(run.model.latent_dim, run.model.d1_hidden)
         g.load_state_dict(state["g"])
         d1.load_state_dict(state["d1"])
@@ -69,7 +69,7 @@ def briefly_trained(
     x = digits_rgb(2000, seed)
     labelled, unlabelled = ArraySource(x[:200]), ArraySource(x[200:])
     if gan_steps:
-        trainer.train_gan(labelled, unlabelled, steps=gan_steps, progress=False)
+        trainer.train_gan(labelled, unlabelled, steps=gan_steps)
     trainer.co_evolve_d1(labelled, unlabelled, steps=coevolve_steps)
     m = trainer.models
     if path is not None:
@@ -168,20 +168,16 @@ def machine() -> dict[str, Any]:
     """What ran the benchmark."""
     import onnxruntime as ort
 
+    from export.sessions import cpu_model
+
     try:
         import torch
 
         torch_version = str(torch.__version__)
     except ImportError:
         torch_version = "-"
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     return {
-        "cpu": cpu,
+        "cpu": cpu_model(),
         "torch": torch_version,
         "onnxruntime": ort.__version__,
         "python": platform.python_version(),

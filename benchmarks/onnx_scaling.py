@@ -5,11 +5,11 @@
 Pools of synthetic 32x32x3 images (digits, as in onnx_throughput) are built with PoolBuilder in
 ``--dir`` (default /tmp, never the repository; 1M images = 3 GB). Each (preset, size) point runs
 in a fresh subprocess (no torch in it) that opens the sampler, then scores every candidate with
-``Sampler.score_pool`` (read-ahead thread, contiguous chunks); it reports wall time, the RSS after
-loading and the peak RSS. Peak RSS is the child's ``VmHWM``: its ``ru_maxrss`` would include the
-parent's high-water mark, which Linux carries across fork + exec. Before every point the pool's
-shard files are evicted from the page cache (``posix_fadvise(DONTNEED)``, these files' pages
-only), so reads hit the disk.
+``SamplerSession.score_pool`` (read-ahead thread, contiguous chunks); it reports wall time, the
+RSS after loading and the peak RSS. Peak RSS is the child's ``VmHWM``: its ``ru_maxrss`` would
+include the parent's high-water mark, which Linux carries across fork + exec. Before every
+point the pool's shard files are evicted from the page cache (``posix_fadvise(DONTNEED)``,
+these files' pages only), so reads hit the disk.
 A read-only pass (no model) and in-memory scoring of 10k images give the two halves that the
 read-ahead overlaps.
 """
@@ -59,7 +59,7 @@ def evict(pool: Path) -> None:
 def child(mode: str, model: str, pool: str, batch_size: int, threads: int) -> None:
     """One measurement in this fresh process; prints one JSON line."""
     from dgaal_core.pool.reader import PoolReader
-    from export.runtime import Sampler
+    from export.runtime import SamplerSession
 
     out: dict[str, Any] = {}
     if mode == "read":
@@ -70,7 +70,7 @@ def child(mode: str, model: str, pool: str, batch_size: int, threads: int) -> No
             out["seconds"] = time.perf_counter() - start
             out["images"] = n
     elif mode == "memory":  # in-memory scoring: the compute half alone
-        sampler = Sampler(model, "cpu", threads)
+        sampler = SamplerSession(model, "cpu", threads)
         with PoolReader(pool) as r:
             images = r.read_images(np.arange(min(r.num_rows, 10_000)))
         sampler.score(images[:batch_size], batch_size)
@@ -79,7 +79,7 @@ def child(mode: str, model: str, pool: str, batch_size: int, threads: int) -> No
         out["seconds"] = time.perf_counter() - start
         out["images"] = images.shape[0]
     else:
-        sampler = Sampler(model, "cpu", threads)
+        sampler = SamplerSession(model, "cpu", threads)
         out["rss_loaded_mib"] = _status_mib("VmRSS")
         res = sampler.score_pool(pool, state=None, batch_size=batch_size)
         out["seconds"], out["images"] = res.seconds, int(res.ids.size)

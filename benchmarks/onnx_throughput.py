@@ -44,7 +44,7 @@ from dgaal_core.model.data import to_uint8_images
 from export.onnx_export import GeneratorGraph, SamplerGraph, fresh_d1, fresh_generator
 from export.pipeline import export_round
 from export.quantize import quantize_sampler_int8
-from export.runtime import Generator, Sampler
+from export.runtime import GeneratorSession, SamplerSession
 
 VARIANTS = {
     "torch_nchw": "torch NCHW",
@@ -123,13 +123,13 @@ def bench_preset(name: str, args: argparse.Namespace, tmp: Path) -> dict[str, An
     gg_cl = ChannelsLastGenerator(GeneratorGraph(g_cl)).eval()
 
     threads = args.threads
-    s32 = Sampler(report.sampler, "cpu", threads)
-    s8 = Sampler(q.path or "", "cpu", threads, rescore=False)
-    cascade = Sampler(
+    s32 = SamplerSession(report.sampler, "cpu", threads)
+    s8 = SamplerSession(q.path or "", "cpu", threads, rescore=False)
+    cascade = SamplerSession(
         q.path or "", "cpu", threads, rescore=True, rescore_fraction=q.rescore_fraction
     )
     probe, probe_flops = matmul_probe()
-    gen = Generator(report.generator, "cpu", threads)
+    gen = GeneratorSession(report.generator, "cpu", threads)
     noise = noise_t.numpy()
     out: dict[str, Any] = {
         "source": models.source,
@@ -181,12 +181,11 @@ def bench_preset(name: str, args: argparse.Namespace, tmp: Path) -> dict[str, An
 def bench_exporters(tmp: Path, threads: int) -> dict[str, Any]:
     """Export time and onnxruntime speed: TorchScript vs dynamo exporter (paper sampler)."""
     from dgaal_core.model.config import preset
-    from dgaal_core.model.networks import Generator as TorchG
-    from dgaal_core.model.networks import LatentDiscriminator
+    from dgaal_core.model.networks import LatentDiscriminator, UNetGenerator
     from export.onnx_export import export_sampler
 
     config = preset("paper", SHAPE, 10).model
-    g, d1 = TorchG(config), LatentDiscriminator(config.latent_dim, config.d1_hidden)
+    g, d1 = UNetGenerator(config), LatentDiscriminator(config.latent_dim, config.d1_hidden)
     x = digits_rgb(512, seed=2)
     res: dict[str, Any] = {}
     sessions = {}
@@ -196,7 +195,7 @@ def bench_exporters(tmp: Path, threads: int) -> dict[str, Any]:
         t = time.perf_counter()
         export_sampler(g, d1, config, path, x[:64], dynamo=dynamo)
         res[key] = {"export_seconds": time.perf_counter() - t}
-        sessions[key] = Sampler(path, "cpu", threads)
+        sessions[key] = SamplerSession(path, "cpu", threads)
     fns: dict[str, Callable[[], Any]] = {k: partial(s.score, x, 256) for k, s in sessions.items()}
     best = interleaved_best(fns, 3, 2.0)
     for k, v in best.items():

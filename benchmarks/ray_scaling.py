@@ -5,7 +5,7 @@
 
 Same pool, same `small` sampler, one onnxruntime thread per session, each point in a fresh
 process with the pool evicted from the page cache (as in onnx_scaling):
-- local: ``Sampler.score_pool`` (a read-ahead thread + one session);
+- local: ``SamplerSession.score_pool`` (a read-ahead thread + one session);
 - Ray, 1 worker: ``score_pool_ray`` on a local Ray with 2 logical CPUs (one actor, one CPU left
   for the read tasks);
 - Ray, 2 workers: 3 logical CPUs (two actors + reads) on the same 2 cores: oversubscribed here,
@@ -48,11 +48,11 @@ COMPARE_HEADER = [
 def child(mode: str, model: str, pool: str, workers: int) -> None:
     """One measurement in this fresh process; prints one JSON line."""
     from export.distributed import RayOptions, connect, score_pool_ray
-    from export.runtime import Sampler
+    from export.runtime import SamplerSession
 
     out: dict[str, Any] = {"rss_start_mib": _status_mib("VmRSS")}
     if mode == "local":
-        res = Sampler(model, "cpu", 1).score_pool(pool, state=None, batch_size=256)
+        res = SamplerSession(model, "cpu", 1).score_pool(pool, state=None, batch_size=256)
     else:
         opts = RayOptions(workers=workers, num_cpus=workers + 1, batch_size=256)
         t = time.perf_counter()

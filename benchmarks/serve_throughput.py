@@ -1,7 +1,7 @@
 """The sampler behind HTTP (examples/score_service.py) vs the runtime called in-process.
 
 Same model, same images, same onnxruntime thread count, in one run: for each preset and batch
-size, images/s of ``Sampler.score`` in this process and of POST /score to the service on
+size, images/s of ``SamplerSession.score`` in this process and of POST /score to the service on
 127.0.0.1 (one keep-alive connection, requests one after another; the client's .npy encoding
 and JSON decoding are counted, as a real caller pays them). The two are timed in turn (A B A B)
 so machine noise hits both alike; best time of each. Writes benchmarks/results/serve_throughput
@@ -124,7 +124,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
 
-    from export.runtime import Sampler
+    from export.runtime import SamplerSession
 
     rows, data = [], {"machine": machine(), "threads": args.threads, "points": []}
     data["machine"]["cpu_count"] = os.cpu_count()
@@ -132,7 +132,7 @@ def main() -> None:
     for preset_name in args.presets.split(","):
         with tempfile.TemporaryDirectory() as tmp:
             model = untrained_sampler(preset_name, Path(tmp))
-            sampler = Sampler(model, provider="cpu", threads=args.threads)
+            sampler = SamplerSession(model, provider="cpu", threads=args.threads)
             port = free_port()
             proc = start_service(model, port, args.threads)
             try:
@@ -176,7 +176,7 @@ def main() -> None:
         f"{m['cpu']}, {m['cpu_count']} cores; onnxruntime {m['onnxruntime']} with "
         f"{args.threads} intra-op thread(s) on both sides. `examples/score_service.py` "
         "(Starlette on uvicorn) on 127.0.0.1, one keep-alive client sending .npy bodies one "
-        "request at a time; in-process is `Sampler.score` on the same batches. Best of "
+        "request at a time; in-process is `SamplerSession.score` on the same batches. Best of "
         f">= {args.repeats} interleaved passes over {args.images} images. Scores over HTTP "
         "are checked equal to in-process ones. 1-minute load average "
         f"{data['load_average_at_start']} at the start, {data['load_average_at_end']} at the end; "

@@ -157,13 +157,9 @@ def markdown(result: dict) -> str:
 
 
 def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return f"{line.split(':', 1)[1].strip()} x{os.cpu_count()}"
-    except OSError:
-        pass
-    return f"{platform.processor() or platform.machine()} x{os.cpu_count()}"
+    from export.sessions import cpu_model
+
+    return f"{cpu_model()} x{os.cpu_count()}"
 
 
 def main() -> None:

@@ -10,8 +10,9 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Callable
+from enum import Enum
 from pathlib import Path
-from typing import Annotated, ParamSpec, TypeVar
+from typing import Annotated, Any, ParamSpec, TypeVar
 
 import typer
 
@@ -25,6 +26,18 @@ ERROR_EXIT_CODE = 2
 
 # ---- option aliases shared by several commands -------------------------------------------------
 PoolArg = Annotated[Path, typer.Argument(help="Pool file (e.g. pools.h5).", show_default=False)]
+PoolOpt = Annotated[
+    Path, typer.Option("--pool", help="Pool file (e.g. pools.h5).", show_default=False)
+]
+ModelOpt = Annotated[
+    Path, typer.Option("--model", help="Exported ONNX model file.", show_default=False)
+]
+WorkdirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        help="The pool's work folder: checkpoints, ONNX files (default: POOL stem + .dgaal)."
+    ),
+]
 
 
 def _seed(value: int) -> int:
@@ -99,12 +112,11 @@ def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
 
 
 def human_bytes(n: float) -> str:
-    """``1234567`` -> ``"1.2 MiB"``."""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")
+    """``1234567`` -> ``"1.2 MiB"`` (rich's binary units)."""
+    from rich.filesize import pick_unit_and_suffix
+
+    unit, suffix = pick_unit_and_suffix(int(n), ["B", "KiB", "MiB", "GiB", "TiB"], 1024)
+    return f"{int(n)} B" if unit == 1 else f"{n / unit:.1f} {suffix}"
 
 
 def set_torch_threads(preset: str) -> None:
@@ -123,10 +135,40 @@ def set_torch_threads(preset: str) -> None:
         torch.set_num_threads(1)
 
 
-# ---- options shared by `round` and `experiment` (one definition, one help text) ------------------
-PresetOpt = Annotated[str, typer.Option(help="small (CPUs, demos) | paper (the paper's sizes).")]
-DeviceOpt = Annotated[str, typer.Option(help="Training device: auto | cpu | cuda.")]
-ProviderOpt = Annotated[str, typer.Option(help="onnxruntime provider: auto | cpu | cuda.")]
+def _one_of(option: str, choices: tuple[str, ...]) -> Callable[[str], str]:
+    """A callback refusing any value but ``choices`` in one line, before any work is done."""
+
+    def check(value: str) -> str:
+        if value not in choices:
+            raise fail(f"{option} {value}: expected one of {', '.join(choices)}")
+        return value
+
+    return check
+
+
+PRESETS = ("small", "paper")  # dgaal_core.model.config.PRESETS (not imported: keep this light)
+PROVIDERS = ("auto", "cpu", "cuda")
+DEVICES = ("auto", "cpu", "cuda")
+
+# ---- options shared by several commands (one definition, one help text) ------------------------
+PresetOpt = Annotated[
+    str,
+    typer.Option(
+        help="small (CPUs, demos) | paper (the paper's sizes).",
+        callback=_one_of("--preset", PRESETS),
+    ),
+]
+DeviceOpt = Annotated[
+    str,
+    typer.Option(help="Training device: auto | cpu | cuda.", callback=_one_of("--device", DEVICES)),
+]
+ProviderOpt = Annotated[
+    str,
+    typer.Option(
+        help="onnxruntime provider: auto (CUDA when a device answers, else CPU) | cpu | cuda.",
+        callback=_one_of("--provider", PROVIDERS),
+    ),
+]
 EpochsOpt = Annotated[
     float | None, typer.Option(help="Algorithm 1 passes over the pools (preset default).")
 ]
@@ -195,3 +237,53 @@ def method_settings(
         "noise_spread": noise_spread,
         "noise_skips": noise_skips,
     }
+
+
+# ---- where scoring and generation run (score, generate, round) ----------------------------------
+class EngineName(str, Enum):
+    """Where scoring and generation run."""
+
+    local = "local"
+    ray = "ray"
+
+
+EngineOpt = Annotated[
+    EngineName,
+    typer.Option(
+        "--engine",
+        help="local: onnxruntime in this process; ray: Ray Data batch inference on a Ray "
+        "cluster (pip install 'dgaal[ray]').",
+    ),
+]
+AddressOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--address",
+        help="--engine ray: auto (the cluster this node joined with `ray start`) or "
+        "ray://HOST:10001; unset: a Ray started in this process.",
+    ),
+]
+WorkersOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--workers",
+        help="--engine ray: onnxruntime actors (default: one per CPU but one, or one per GPU).",
+    ),
+]
+
+
+def ray_options(
+    engine: EngineName, address: str | None, workers: int | None, provider: str, batch: int | None
+) -> Any:
+    """:class:`export.distributed.RayOptions` for ``--engine ray``, else None."""
+    if engine is EngineName.local:
+        if address is not None or workers is not None:
+            raise DgaalError("--address and --workers apply to --engine ray only")
+        return None
+    from export.distributed import RayOptions, require_ray
+
+    require_ray()  # one line if it is not installed, before any work
+    sized = {} if batch is None else {"batch_size": batch}
+    opts = RayOptions(address=address, workers=workers, provider=provider, **sized)
+    opts.check()
+    return opts

@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from .common import handle_errors, set_torch_threads
+from .common import ProviderOpt, handle_errors, set_torch_threads
 
 
 @dataclass(frozen=True)
@@ -47,12 +47,12 @@ QUICK = DemoSettings(
 
 
 def _digits_pool(path: Path, s: DemoSettings) -> None:
-    from dgaal_core.ingest.create import ArraySource, create_pool, load_digits
+    from dgaal_core.ingest.create import MemorySource, create_pool, load_digits
 
     d = load_digits(seed=0)
     assert d.y_train is not None and d.x_test is not None and d.y_test is not None
     n, m = s.train_images, s.test_images
-    source = ArraySource(
+    source = MemorySource(
         "digits", "sklearn.datasets.load_digits", d.class_names,
         d.x_train[:n], d.y_train[:n], d.x_test[:m], d.y_test[:m],
     )  # fmt: skip
@@ -66,9 +66,7 @@ def demo_command(
     quick: Annotated[
         bool, typer.Option("--quick", help="A 300-image subset and tiny models (seconds).")
     ] = False,
-    provider: Annotated[str, typer.Option(help="onnxruntime provider: auto | cpu | cuda.")] = (
-        "auto"
-    ),
+    provider: ProviderOpt = ("auto"),
 ) -> None:
     """DGAAL vs random sampling on the built-in digits: results table, plots, one-line verdict.
 
@@ -77,16 +75,13 @@ def demo_command(
     from rich.console import Console
     from rich.markup import escape
 
+    from dgaal_core.experiment.config import ExperimentConfig, Schedule
+    from dgaal_core.experiment.curves import aggregate
     from dgaal_core.experiment.plots import ReportError, require_matplotlib
-    from dgaal_core.experiment.report import (
-        aggregate,
-        headline,
-        summary_markdown,
-        verdict,
-        write_report,
-    )
-    from dgaal_core.experiment.runner import Experiment, ExperimentConfig, Schedule
-    from dgaal_core.loop.parts import RoundConfig
+    from dgaal_core.experiment.report import headline, verdict, write_report
+    from dgaal_core.experiment.runner import Experiment
+    from dgaal_core.experiment.summary import summary_markdown
+    from dgaal_core.loop.config import RoundConfig
     from export.round_backend import onnx_exporter
 
     from .experiment_cmd import progress_line, results_table
@@ -115,7 +110,8 @@ def demo_command(
         f"({exp.num_test} held out for testing), seed(s) {list(s.seeds)}; labelled set grows "
         f"{exp.targets[0]} -> {exp.targets[-1]} images, the simulated oracle answers the queries"
     )
-    if all(r["complete"] for r in exp.results()["runs"]) and exp.results()["runs"]:
+    before = exp.results().runs
+    if before and all(r.complete for r in before):
         console.print(f"(finished earlier in {out}; delete {workdir} to run it again)")
     results = exp.run()
     agg = aggregate(results)

@@ -35,7 +35,7 @@ from .common import (
 if TYPE_CHECKING:
     from rich.table import Table
 
-    from dgaal_core.experiment.report import Point
+    from dgaal_core.experiment.curves import Point
 
 
 def progress_line(message: str) -> None:
@@ -119,9 +119,11 @@ def experiment_command(
     """
     from rich.console import Console
 
-    from dgaal_core.experiment.report import aggregate, write_report
-    from dgaal_core.experiment.runner import Experiment, ExperimentConfig, Schedule, parse_list
-    from dgaal_core.loop.parts import RoundConfig
+    from dgaal_core.experiment.config import ExperimentConfig, Schedule, parse_list
+    from dgaal_core.experiment.curves import aggregate
+    from dgaal_core.experiment.report import write_report
+    from dgaal_core.experiment.runner import Experiment
+    from dgaal_core.loop.config import RoundConfig
     from dgaal_core.values import parse_size
     from export.round_backend import onnx_exporter
 

@@ -5,7 +5,6 @@ torch is imported inside the command only (``dgaal --help`` stays light).
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -13,27 +12,13 @@ import typer
 
 from dgaal_core.errors import DgaalError
 
-from .common import SeedOpt, handle_errors, human_bytes
-
-PoolOpt = Annotated[
-    Path, typer.Option("--pool", help="Pool file (e.g. pools.h5).", show_default=False)
-]
-
-
-class PresetName(str, Enum):
-    """Model presets of ``dgaal_core.config.preset`` (used with ``--untrained``)."""
-
-    small = "small"
-    paper = "paper"
-
-
-PARITY_IMAGES = 256
-CALIBRATION_IMAGES = 256
+from .common import PoolOpt, PresetOpt, SeedOpt, WorkdirOpt, handle_errors, human_bytes
 
 
 @handle_errors
 def export(
     pool: PoolOpt,
+    workdir: WorkdirOpt = None,
     out: Annotated[
         Path | None,
         typer.Option(
@@ -52,9 +37,7 @@ def export(
         bool,
         typer.Option("--untrained", help="Export freshly initialised models (tests, benchmarks)."),
     ] = False,
-    preset: Annotated[
-        PresetName, typer.Option("--preset", help="Model preset for --untrained.")
-    ] = PresetName.small,
+    preset: PresetOpt = "small",
     int8: Annotated[
         bool,
         typer.Option(
@@ -82,31 +65,40 @@ def export(
 ) -> None:
     """Export the sampler (uint8 images -> score, latent) and the generator (uint8 -> uint8).
 
-    Loads ``<pool stem>.dgaal/round-NNNN/checkpoint.pt`` (or --checkpoint), exports both graphs
+    Loads ``<workdir>/round-NNNN/checkpoint.pt`` (--workdir: the folder ``dgaal round
+    --workdir`` used; default ``<pool stem>.dgaal``), or --checkpoint, exports both graphs
     with the pixel transforms inside, runs the ONNX checker and a parity check against PyTorch on
     pool images, and writes the files only if every check passes.
     """
     from rich.console import Console
     from rich.table import Table
 
+    from dgaal_core.loop.workdir import round_dir, work_dir
     from dgaal_core.pool.reader import PoolReader
-    from export import names
-    from export.pipeline import export_round, load_models, sample_pool_images
+    from export.pipeline import (
+        CALIBRATION_IMAGES,
+        PARITY_IMAGES,
+        export_round,
+        load_models,
+        sample_pool_images,
+    )
 
     err = Console(stderr=True)
     if untrained and checkpoint is not None:
         raise DgaalError("--untrained and --checkpoint exclude each other")
     models = load_models(
         pool,
+        workdir=workdir,
         round_index=round_index,
         checkpoint=checkpoint,
-        untrained_preset=preset.value if untrained else None,
+        untrained_preset=preset if untrained else None,
         seed=seed,
     )
     if out is None:
         if untrained:
             raise DgaalError("--out DIR is needed with --untrained")
-        out = checkpoint.parent if checkpoint else names.round_dir(pool, models.round_index)
+        folder = workdir if workdir is not None else work_dir(pool)
+        out = checkpoint.parent if checkpoint else round_dir(folder, models.round_index)
     with PoolReader(pool) as reader:
         parity = sample_pool_images(reader, PARITY_IMAGES, seed)
         calib = agree = None

@@ -9,16 +9,16 @@ import typer
 
 from dgaal_core.errors import DgaalError
 
-from .common import SeedOpt, handle_errors
-from .export_cmd import PoolOpt
-from .score_cmd import (
+from .common import (
     AddressOpt,
     EngineName,
     EngineOpt,
     ModelOpt,
-    ProviderName,
+    PoolOpt,
     ProviderOpt,
+    SeedOpt,
     WorkersOpt,
+    handle_errors,
     ray_options,
 )
 
@@ -60,7 +60,7 @@ def generate(
         typer.Option("--out", help="A .npz file (images, ids, noise_scales) or a folder of PNGs."),
     ],
     seed: SeedOpt = 0,
-    provider: ProviderOpt = ProviderName.auto,
+    provider: ProviderOpt = "auto",
     engine: EngineOpt = EngineName.local,
     address: AddressOpt = None,
     workers: WorkersOpt = None,
@@ -68,15 +68,15 @@ def generate(
     """Make G(x) for the given pool images with noise scales drawn from --seed."""
     import numpy as np
 
-    from export.runtime import Generator
+    from export.runtime import GeneratorSession
 
     chosen = parse_ids(ids)
     if out.exists() and out.is_file() and out.suffix != ".npz":
         raise DgaalError(f"--out {out}: exists and is not a .npz file or a folder")
     if out.suffix != ".npz":
         import PIL.Image  # noqa: F401  (PNGs need Pillow: say so before generating anything)
-    ray = ray_options(engine, address, workers, provider.value, None)
-    gen = Generator(model, provider="cpu" if ray else provider.value)
+    ray = ray_options(engine, address, workers, provider, None)
+    gen = GeneratorSession(model, provider="cpu" if ray else provider)
     noise = gen.draw_noise_scales(seed)
     if ray is None:
         images = gen.generate_pool(pool, chosen, noise)

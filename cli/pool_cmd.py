@@ -142,15 +142,17 @@ def create(
 @handle_errors
 def info(pool: PoolArg, as_json: JsonOpt = False) -> None:
     """Show counts by state, origin and class, the image shape, the rounds so far, the size."""
+    from dgaal_core.loop.state import round_records
     from dgaal_core.pool.reader import PoolReader
 
     with PoolReader(pool) as r:
         r.check_shards()  # a missing or short shard: the pool is damaged, say so
         summary = r.summary()
-    if as_json:
-        typer.echo(json.dumps(summary))
-        return
-    _print_info(summary)
+        if as_json:
+            typer.echo(json.dumps(summary))
+            return
+        records = round_records(r)
+    _print_info(summary, records)
 
 
 DAMAGE_EXIT_CODE = 1  # damage found; 2 stays "could not check at all" (handle_errors)
@@ -234,7 +236,14 @@ def _fmt(v: Any) -> str:
     return f"{v:.4f}" if isinstance(v, float) else str(v)
 
 
-def _print_info(s: dict[str, Any]) -> None:
+def _round_values(r: Any) -> dict[str, Any]:
+    """The ROUND_COLUMNS of a RoundRecord (None where the record has no such field)."""
+    return {"round": r.round, "strategy": r.strategy, "oracle_queries": r.oracle_queries,
+            "free_labels": r.free_labels, "generated_added": r.generated_added,
+            "accuracy": r.accuracy}  # fmt: skip
+
+
+def _print_info(s: dict[str, Any], records: list[Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -271,14 +280,14 @@ def _print_info(s: dict[str, Any]) -> None:
         con.print(per)
     else:
         con.print(f"({s['num_classes']} classes: see --json for per-class counts)")
-    rounds = s["rounds"]
-    if not rounds:
+    if not records:
         con.print("rounds: none yet")
         return
-    cols = [k for k in ROUND_COLUMNS if any(k in r for r in rounds)]
+    rows = [_round_values(r) for r in records]
+    cols = [k for k in ROUND_COLUMNS if any(row[k] is not None for row in rows)]
     table = Table(title="rounds", title_justify="left")
     for k in cols:
         table.add_column(k, justify="left" if k == "strategy" else "right")
-    for r in rounds:
-        table.add_row(*(_fmt(r[k]) if k in r else "" for k in cols))
+    for row in rows:
+        table.add_row(*("" if row[k] is None else _fmt(row[k]) for k in cols))
     con.print(table)

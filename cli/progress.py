@@ -1,4 +1,5 @@
-"""Rich progress bars shared by the commands: one bar per stage, driven by a callback."""
+"""Rich progress bars shared by the commands: one bar per stage, driven by the core's progress
+callback (:class:`dgaal_core.progress.Progress`)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ def _rate_column(unit: str) -> Any:
 
 
 class StageProgress:
-    """``progress(stage, done, total)`` callback that draws one rich bar per stage, with a rate.
+    """``progress(stage, done, total, **info)`` callback that draws one rich bar per stage, with
+    a rate and the latest ``info`` (a training step's losses).
 
     Disabled (drawing nothing) when ``enabled`` is false or stderr is not a terminal.
     """
@@ -46,15 +48,20 @@ class StageProgress:
             _rate_column(unit),
             TimeElapsedColumn(),
             TimeRemainingColumn(),
+            TextColumn("{task.fields[info]}"),
             console=console,
             disable=not (enabled and console.is_terminal),
         )
         self._tasks: dict[str, Any] = {}
+        self._done: dict[str, int] = {}
 
-    def __call__(self, stage: str, done: int, total: int) -> None:
-        if stage not in self._tasks:
-            self._tasks[stage] = self._bar.add_task(stage, total=total)
-        self._bar.update(self._tasks[stage], completed=done, total=total)
+    def __call__(self, stage: str, done: int, total: int, /, **info: float) -> None:
+        if stage not in self._tasks or (done <= 1 and self._done.get(stage, 0) > done):
+            # a stage that starts over (T for selection, then T) gets a fresh bar
+            self._tasks[stage] = self._bar.add_task(stage, total=total, info="")
+        self._done[stage] = done
+        text = " ".join(f"{k}={v:.4g}" for k, v in info.items())
+        self._bar.update(self._tasks[stage], completed=done, total=total, info=text)
 
     def stage(self, name: str) -> Any:
         """A ``(done, total)`` callback bound to one stage name."""

@@ -10,15 +10,19 @@ import typer
 from dgaal_core.errors import DgaalError
 
 from .common import (
+    AddressOpt,
     CoevolveStepsOpt,
     DepthLimitOpt,
     DeviceOpt,
+    EngineName,
+    EngineOpt,
     EpochsOpt,
     GanStepsOpt,
     GeneratedCapOpt,
     NoiseSkipsOpt,
     NoiseSpreadOpt,
     PmseWeightOpt,
+    PoolOpt,
     PresetOpt,
     ProviderOpt,
     RetrainGanOpt,
@@ -27,41 +31,42 @@ from .common import (
     TaskEpochsOpt,
     TaskMinStepsOpt,
     TaskWeightOpt,
+    WorkdirOpt,
+    WorkersOpt,
     handle_errors,
     method_settings,
+    ray_options,
     set_torch_threads,
 )
-from .score_cmd import AddressOpt, EngineName, EngineOpt, WorkersOpt, ray_options
-
-PoolOpt = Annotated[Path, typer.Option("--pool", help="Pool file (e.g. pools.h5).")]
 
 
-def _summary(record: dict[str, Any]) -> None:
+def _summary(record: Any) -> None:
+    """The finished round as a table (``record``: a RoundRecord)."""
     from rich.console import Console
     from rich.table import Table
 
-    acc = record.get("accuracy")
-    table = Table(title=f"round {record['round']} ({record['strategy']})", show_header=False)
+    acc = record.accuracy
+    table = Table(title=f"round {record.round} ({record.strategy})", show_header=False)
     table.add_column(style="bold")
     table.add_column(justify="right")
     rows = [
-        ("selected", len(record["selected"])),
+        ("selected", len(record.selected)),
         (
             "oracle queries (this round / total)",
-            f"{record['oracle_queries']} / {record['oracle_queries_total']}",
+            f"{record.oracle_queries} / {record.oracle_queries_total}",
         ),
-        ("free labels (generated images picked)", record["free_labels"]),
-        ("generated images added", record["generated_added"]),
+        ("free labels (generated images picked)", record.free_labels),
+        ("generated images added", record.generated_added),
         (
             "labelled (ratio of real images)",
-            f"{record['labelled']} ({100 * record['labelled_ratio']:.1f}%)",
+            f"{record.labelled} ({100 * record.labelled_ratio:.1f}%)",
         ),
-        ("candidates left", record["candidates"]),
+        ("candidates left", record.candidates),
         ("test accuracy", "n/a (no test split)" if acc is None else f"{100 * acc:.2f}%"),
     ]
     for k, v in rows:
         table.add_row(k, str(v))
-    times = record.get("timings", {})
+    times = record.timings
     table.add_row("time by phase", "  ".join(f"{k} {v:.1f}s" for k, v in times.items()))
     Console().print(table)
 
@@ -105,9 +110,7 @@ def round_command(
     augment_ratio: Annotated[
         float, typer.Option(help="Share of x_g that joins the labelled set directly (sec. 4.3.2).")
     ] = 0.0,
-    workdir: Annotated[
-        Path | None, typer.Option(help="Checkpoints and ONNX files (default: POOL stem + .dgaal).")
-    ] = None,
+    workdir: WorkdirOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
     engine: EngineOpt = EngineName.local,
     address: AddressOpt = None,
@@ -146,7 +149,7 @@ def round_command(
     except ValueError as e:  # ConfigError and unknown strategies: one line, like every error
         raise DgaalError(str(e)) from None
     ray = ray_options(engine, address, workers, provider, None)
-    from dgaal_core.loop.round import Round
+    from dgaal_core.loop.round import AwaitingLabels, Round
     from export.round_backend import onnx_exporter
 
     from .progress import StageProgress, console
@@ -157,33 +160,30 @@ def round_command(
         exporter = onnx_exporter(
             provider=provider, progress=bars.stage("Scoring candidates"), ray=ray
         )
-        record = Round(pool, cfg, exporter, workdir=workdir, progress=not quiet, log=log).run()
-    if record.get("status") == "awaiting_labels":
-        typer.echo(
-            f"round {record['round']}: {record['queried']} images to label are in "
-            f"{record['queries']}; fill in the 'label' column of queries.csv (or import "
-            "label_studio_tasks.json into a Label Studio project made with label_config.xml "
-            f"and export it), then run `dgaal label --pool {pool} ANSWERS` and `dgaal round` "
-            "again"
-        )
+        job = Round(pool, cfg, exporter, workdir=workdir, progress=bars, log=log)
+        outcome = job.run()
+    if isinstance(outcome, AwaitingLabels):
+        if not outcome.new:  # run again before the answers are in: an error, as before
+            raise DgaalError(outcome.message)
+        typer.echo(outcome.message)
         return
-    _summary(record)
+    _summary(outcome)
 
 
 def _abandon(pool: Path, workdir: Path | None) -> None:
     from dgaal_core.loop.abandon import abandon_round
 
     out = abandon_round(pool, workdir)
-    if out["phase"] is None:
+    if out.phase is None:
         what = "it had written nothing to the pool"
     else:
-        what = f"{out['requeued']} queried images are candidates again"
-        if out["answers_discarded"]:
-            what += f" ({out['answers_discarded']} answers already imported discarded)"
-        if out["free_undone"]:
-            what += f", {out['free_undone']} free labels undone"
-    kept = f"; its folder is kept as {out['folder']}" if out["folder"] else ""
-    typer.echo(f"round {out['round']} abandoned: {what}{kept}")
+        what = f"{out.requeued} queried images are candidates again"
+        if out.answers_discarded:
+            what += f" ({out.answers_discarded} answers already imported discarded)"
+        if out.free_undone:
+            what += f", {out.free_undone} free labels undone"
+    kept = f"; its folder is kept as {out.folder}" if out.folder else ""
+    typer.echo(f"round {out.round} abandoned: {what}{kept}")
 
 
 def label_command(
@@ -201,14 +201,14 @@ def label_command(
 
     out = apply_answers(pool, answers)
     notes = [
-        f"{out['skipped']} skipped or not annotated" if out["skipped"] else "",
-        f"{out['already']} imported before" if out["already"] else "",
-        f"{out['other_rounds']} tasks of other rounds ignored" if out["other_rounds"] else "",
+        f"{out.skipped} skipped or not annotated" if out.skipped else "",
+        f"{out.already} imported before" if out.already else "",
+        f"{out.other_rounds} tasks of other rounds ignored" if out.other_rounds else "",
     ]
     said = "".join(f"; {x}" for x in notes if x)
-    left = out["still_queried"]
+    left = out.still_queried
     more = f"; {left} still waiting" if left else "; run `dgaal round` to finish the round"
-    typer.echo(f"round {out['round']}: {out['answered']} answers imported{said}{more}")
+    typer.echo(f"round {out.round}: {out.answered} answers imported{said}{more}")
 
 
 def register(app: typer.Typer) -> None:

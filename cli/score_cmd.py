@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -10,74 +9,17 @@ import typer
 
 from dgaal_core.errors import DgaalError
 
-from .common import handle_errors
-from .export_cmd import PoolOpt
-
-
-class ProviderName(str, Enum):
-    """onnxruntime execution provider choice."""
-
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
-
-
-ProviderOpt = Annotated[
-    ProviderName,
-    typer.Option("--provider", help="auto: CUDA when a device answers, else CPU."),
-]
-ModelOpt = Annotated[
-    Path, typer.Option("--model", help="Exported ONNX model file.", show_default=False)
-]
-
-
-class EngineName(str, Enum):
-    """Where scoring and generation run."""
-
-    local = "local"
-    ray = "ray"
-
-
-EngineOpt = Annotated[
+from .common import (
+    AddressOpt,
     EngineName,
-    typer.Option(
-        "--engine",
-        help="local: onnxruntime in this process; ray: Ray Data batch inference on a Ray "
-        "cluster (pip install 'dgaal[ray]').",
-    ),
-]
-AddressOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--address",
-        help="--engine ray: auto (the cluster this node joined with `ray start`) or "
-        "ray://HOST:10001; unset: a Ray started in this process.",
-    ),
-]
-WorkersOpt = Annotated[
-    int | None,
-    typer.Option(
-        "--workers",
-        help="--engine ray: onnxruntime actors (default: one per CPU but one, or one per GPU).",
-    ),
-]
-
-
-def ray_options(
-    engine: EngineName, address: str | None, workers: int | None, provider: str, batch: int | None
-) -> Any:
-    """:class:`export.distributed.RayOptions` for ``--engine ray``, else None."""
-    if engine is EngineName.local:
-        if address is not None or workers is not None:
-            raise DgaalError("--address and --workers apply to --engine ray only")
-        return None
-    from export.distributed import RayOptions, require_ray
-
-    require_ray()  # one line if it is not installed, before any work
-    sized = {} if batch is None else {"batch_size": batch}
-    opts = RayOptions(address=address, workers=workers, provider=provider, **sized)
-    opts.check()
-    return opts
+    EngineOpt,
+    ModelOpt,
+    PoolOpt,
+    ProviderOpt,
+    WorkersOpt,
+    handle_errors,
+    ray_options,
+)
 
 
 @handle_errors
@@ -94,7 +36,7 @@ def score(
         Path | None,
         typer.Option("--out", help="Write id,score rows to a .csv or a structured .npy file."),
     ] = None,
-    provider: ProviderOpt = ProviderName.auto,
+    provider: ProviderOpt = "auto",
     batch_size: Annotated[
         int | None,
         typer.Option("--batch-size", help="Images per run (default 256 on CPU, 1024 on CUDA)."),
@@ -112,7 +54,7 @@ def score(
     """Score every pool row in --state with D1(G1(x)); the lowest scores are what DGAAL selects."""
     import numpy as np
 
-    from export.runtime import Sampler, parse_state, select_lowest
+    from export.runtime import SamplerSession, parse_state, select_lowest
 
     from .progress import StageProgress
 
@@ -124,8 +66,8 @@ def score(
         raise DgaalError(f"--threads: expected a positive integer, got {threads}")
     if lowest < 0:
         raise DgaalError(f"--lowest: expected an integer >= 0, got {lowest}")
-    ray = ray_options(engine, address, workers, provider.value, batch_size)
-    sampler = Sampler(model, provider="cpu" if ray else provider.value, threads=threads)
+    ray = ray_options(engine, address, workers, provider, batch_size)
+    sampler = SamplerSession(model, provider="cpu" if ray else provider, threads=threads)
     with StageProgress(unit="images") as bars:
         if ray is None:
             result = sampler.score_pool(

@@ -41,3 +41,8 @@ class PoolUpdateError(DgaalError):
 
 class ConfigError(DgaalError, ValueError):
     """A setting or configuration value is invalid (names the field and what was expected)."""
+
+
+class AnswersError(DgaalError):
+    """A person's answers for ``dgaal label`` (a filled-in ``queries.csv`` or a Label Studio
+    export) are invalid: one line says which file, row or task, and why."""

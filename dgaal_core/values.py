@@ -18,7 +18,7 @@ MAX_SEED = 2**63 - 1  # seeds must fit torch's and HDF5's signed 64-bit integers
 def check_seed(seed: object, what: str = "seed") -> int:
     """``seed`` if it is an integer in ``[0, MAX_SEED]``; else one clear :class:`ConfigError`."""
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
-        raise ConfigError(f"{what} must be an integer in 0..{MAX_SEED}, got {seed}")
+        raise ConfigError(f"{what} {seed}: expected an integer in 0..{MAX_SEED}")
     return seed
 
 
@@ -43,7 +43,7 @@ def check_size(
     if not ok or (number >= 1 and number != int(number)):
         bound = ">= 0" if zero_ok else "> 0"
         raise error(
-            f"{what} must be a number {bound} (a fraction below 1 or a whole count), got {value}"
+            f"{what} {value}: expected a number {bound} (a fraction below 1 or a whole count)"
         )
     return number
 

@@ -33,12 +33,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from export.runtime import Sampler, select_lowest
+from export.runtime import SamplerSession, select_lowest
 
 DEFAULT_MAX_IMAGES = 4096
 
 
-def create_app(sampler: Sampler, max_images: int = DEFAULT_MAX_IMAGES) -> Starlette:
+def create_app(sampler: SamplerSession, max_images: int = DEFAULT_MAX_IMAGES) -> Starlette:
     """The Starlette app serving ``sampler``; ``max_images`` bounds one request's batch."""
     info = sampler.info
     image_bytes = int(np.prod(info.image_shape))
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> None:
     from dgaal_core.errors import DgaalError
 
     try:
-        sampler = Sampler(args.model, provider=args.provider, threads=args.threads)
+        sampler = SamplerSession(args.model, provider=args.provider, threads=args.threads)
     except DgaalError as e:
         raise SystemExit(f"error: {e}") from None
     print(

@@ -21,243 +21,42 @@ held by an actor, Ray Data's reads never run and the pipeline hangs.
 
 from __future__ import annotations
 
-import functools
 import math
-import socket
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from dgaal_core.errors import DgaalError
-from dgaal_core.pool.reader import PoolReader, contiguous_runs
-from dgaal_core.pool.schema import IMAGES, State
+from dgaal_core.pool.reader import PoolReader
+from dgaal_core.pool.schema import State
 
+from .ray_cluster import (
+    RAY_RANGE,
+    RayEngineError,
+    RayOptions,
+    actor_sizing,
+    connect,
+    quiet,
+    require_ray,
+)
+from .ray_pool import pool_dataset
 from .runtime import (
-    Generator,
+    GeneratorSession,
     PoolScores,
     Progress,
-    Sampler,
+    SamplerSession,
     merge_rescored,
     parse_state,
     select_lowest,
 )
 
-RAY_RANGE = ">=2.40,<3"
-
-
-class RayEngineError(DgaalError):
-    """Ray is missing, unreachable, or a worker could not do its part."""
-
-
-def require_ray() -> Any:
-    """``import ray``, or one line saying how to install it."""
-    try:
-        import ray
-        import ray.data
-    except ModuleNotFoundError:
-        raise RayEngineError(
-            f"--engine ray needs Ray Data (ray[data]{RAY_RANGE}): pip install 'dgaal[ray]'"
-        ) from None
-    return ray
-
-
-@dataclass(frozen=True)
-class RayOptions:
-    """Where and how wide to run.
-
-    ``address``: None starts (or reuses) a Ray in this process; "auto" joins the cluster this
-    node belongs to (``ray start``); "ray://HOST:10001" a remote one through Ray Client.
-    ``workers``: onnxruntime actors (None: as many as leave one CPU, or one per GPU, free for the
-    read tasks). ``cpus_per_worker``: CPUs each actor holds (its intra-op threads).
-    ``gpus``: "auto" gives each actor a GPU when the cluster has them and ``provider`` allows.
-    """
-
-    address: str | None = None
-    workers: int | None = None
-    cpus_per_worker: int = 1
-    provider: str = "auto"
-    gpus: str = "auto"
-    batch_size: int = 256
-    rows_per_task: int = 4096
-    num_cpus: int | None = None  # only for a local Ray started here (None: all cores)
-    stall_timeout_s: float = 600.0  # fail, not hang, when the pipeline stops moving
-
-    def check(self) -> None:
-        """One line per bad setting."""
-        if self.workers is not None and self.workers < 1:
-            raise RayEngineError(f"--workers: expected an integer >= 1, got {self.workers}")
-        if self.cpus_per_worker < 1:
-            raise RayEngineError(f"cpus_per_worker: expected >= 1, got {self.cpus_per_worker}")
-        if self.batch_size < 1 or self.rows_per_task < 1:
-            raise RayEngineError("batch_size and rows_per_task must be >= 1")
-        if self.stall_timeout_s <= 0:
-            raise RayEngineError(f"stall_timeout_s: expected > 0, got {self.stall_timeout_s}")
-        if self.gpus not in ("auto", "none"):
-            raise RayEngineError(f"gpus: expected auto or none, got {self.gpus!r}")
-
-
-def connect(options: RayOptions) -> Any:
-    """Join (or start) Ray as ``options.address`` says; returns the ``ray`` module."""
-    ray = require_ray()
-    if ray.is_initialized():
-        quiet()
-        return ray
-    kwargs: dict[str, Any] = {"log_to_driver": False, "configure_logging": False}
-    if options.address is None:  # "local": a new Ray here, never a cluster found by chance
-        kwargs |= {"address": "local", "num_cpus": options.num_cpus, "include_dashboard": False}
-    else:
-        kwargs["address"] = options.address
-    try:
-        ray.init(**kwargs)
-    except ConnectionError as e:
-        raise RayEngineError(f"--address {options.address}: no Ray cluster there ({e})") from None
-    quiet()
-    return ray
-
-
-def quiet() -> None:
-    """dgaal shows its own progress: no Ray Data bars or per-dataset INFO lines."""
-    import logging
-
-    from ray.data import DataContext
-
-    ctx = DataContext.get_current()
-    ctx.enable_progress_bars = False
-    ctx.print_on_execution_start = False
-    ctx.enable_auto_log_stats = False
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
-
-
-def _sizing(ray: Any, options: RayOptions) -> tuple[int, int, str]:
-    """(actors, GPUs per actor, provider) that leave the read tasks room to run."""
-    res = ray.cluster_resources()
-    cpus, gpus = int(res.get("CPU", 0)), int(res.get("GPU", 0))
-    use_gpu = gpus > 0 and options.gpus == "auto" and options.provider in ("auto", "cuda")
-    if options.provider == "cuda" and not use_gpu:
-        raise RayEngineError("provider cuda asked for, but the Ray cluster has no GPUs")
-    spare = cpus - 1  # one CPU for the read tasks, always
-    if use_gpu:
-        most = min(gpus, spare // options.cpus_per_worker)
-    else:
-        most = spare // options.cpus_per_worker
-    if most < 1:
-        raise RayEngineError(
-            f"the Ray cluster has {cpus} CPU(s): an actor of {options.cpus_per_worker} CPU(s) "
-            "plus one CPU for reading the pool do not fit"
-        )
-    workers = most if options.workers is None else options.workers
-    if workers > most:
-        raise RayEngineError(
-            f"--workers {workers}: the Ray cluster has {cpus} CPUs and {gpus} GPUs; at most "
-            f"{most} actor(s) of {options.cpus_per_worker} CPU(s) leave a CPU for the read tasks"
-        )
-    return workers, (1 if use_gpu else 0), ("cuda" if use_gpu else "cpu")
-
-
-# ---- reading the pool --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _ReadSpec:
-    shard: str  # absolute path of the shard file
-    start: int  # the shard's first pool row
-    ids: np.ndarray  # ascending pool ids inside this shard
-
-
-def _open_shard(pool: str, shard: str, image_shape: tuple[int, ...], last: int) -> Any:
-    """The open h5py file of ``shard``, checked to hold rows ``0..last`` of ``image_shape``;
-    else :class:`RayEngineError` naming this node, the shard and the pool."""
-    import h5py
-
-    where = f"node {socket.gethostname()}"
-    try:
-        f = h5py.File(shard, "r", locking=False)
-    except OSError as e:
-        raise RayEngineError(
-            f"{where} cannot open shard {shard} of pool {pool} ({e}); every node must "
-            "reach the pool's files at the same path"
-        ) from None
-    ds = f.get(IMAGES)
-    if ds is None or tuple(ds.shape[1:]) != image_shape or last >= ds.shape[0]:
-        shape = None if ds is None else ds.shape
-        f.close()
-        raise RayEngineError(
-            f"{where}: shard {shard} of pool {pool} holds {shape}, which does not match the "
-            "pool's index (run `dgaal pool check`)"
-        )
-    return f
-
-
-def _read_spec(pool: str, spec: _ReadSpec, image_shape: tuple[int, ...]) -> list[Any]:
-    """Runs inside a Ray worker: read ``spec.ids`` from one shard, return one block."""
-    from ray.data.block import BlockAccessor
-
-    local = spec.ids - spec.start
-    with _open_shard(pool, spec.shard, image_shape, int(local[-1]) if local.size else -1) as f:
-        ds = f[IMAGES]
-        images = np.empty((local.size, *image_shape), np.uint8)
-        for a, b in contiguous_runs(local):
-            lo, hi = int(local[a]), int(local[b - 1]) + 1
-            images[a:b] = ds[lo:hi][local[a:b] - lo]
-    return [BlockAccessor.batch_to_block({"id": spec.ids, "image": images})]
-
-
-def _datasource_class() -> type:
-    """:class:`PoolDatasource`, defined when Ray is importable (it subclasses Ray's)."""
-    ray = require_ray()
-    from ray.data.block import BlockMetadata
-    from ray.data.datasource import ReadTask
-
-    class PoolDatasource(ray.data.Datasource):  # type: ignore[name-defined]
-        """Read tasks over contiguous id runs of one shard each (ascending ids)."""
-
-        def __init__(self, pool: str | Path, ids: np.ndarray, rows_per_task: int) -> None:
-            super().__init__()
-            self.pool = str(Path(pool).resolve())
-            with PoolReader(self.pool) as r:
-                self.image_shape = tuple(int(v) for v in r.image_shape)
-                shards = r.shard_files()
-            self.specs: list[_ReadSpec] = []
-            for path, start, rows in shards:
-                lo, hi = np.searchsorted(ids, [start, start + rows])
-                inside = ids[lo:hi]
-                if inside.size:  # check on the driver first: a failed Ray run is slow to undo
-                    _open_shard(self.pool, str(path), self.image_shape, rows - 1).close()
-                for i in range(0, inside.size, rows_per_task):
-                    self.specs.append(_ReadSpec(str(path), start, inside[i : i + rows_per_task]))
-            self.image_bytes = int(np.prod(self.image_shape))
-
-        def estimate_inmemory_data_size(self) -> int:
-            return sum(s.ids.size for s in self.specs) * (self.image_bytes + 8)
-
-        def get_read_tasks(
-            self, parallelism: int, per_task_row_limit: int | None = None, data_context=None
-        ) -> list[Any]:
-            tasks = []
-            for spec in self.specs:
-                meta = BlockMetadata(
-                    num_rows=int(spec.ids.size),
-                    size_bytes=int(spec.ids.size * (self.image_bytes + 8)),
-                    input_files=(spec.shard,),
-                    exec_stats=None,
-                )
-                tasks.append(
-                    ReadTask(functools.partial(_read_spec, self.pool, spec, self.image_shape), meta)
-                )
-            return tasks
-
-    return PoolDatasource
-
-
-def pool_dataset(pool: str | Path, ids: np.ndarray, rows_per_task: int = 4096) -> Any:
-    """A Ray Dataset of ``{"id": int64, "image": uint8 [H, W, C]}`` over pool rows ``ids``."""
-    ray = require_ray()
-    source = _datasource_class()(pool, np.asarray(ids, dtype=np.int64), rows_per_task)
-    return ray.data.read_datasource(source, override_num_blocks=max(1, len(source.specs)))
+__all__ = [
+    "RAY_RANGE", "RayEngineError", "RayOptions", "connect", "generate_images_ray",
+    "generate_pool_ray", "pool_dataset", "quiet", "require_ray", "score_pool_ray",
+]  # fmt: skip
 
 
 # ---- the actors ---------------------------------------------------------------------------------
@@ -267,7 +66,7 @@ class _ScoreActor:
     """One onnxruntime session per actor: ``{"id", "image"}`` -> ``{"id", "score"}``."""
 
     def __init__(self, model: str, provider: str, threads: int) -> None:
-        self.sampler = Sampler(model, provider=provider, threads=threads, rescore=False)
+        self.sampler = SamplerSession(model, provider=provider, threads=threads, rescore=False)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         scores, _ = self.sampler.score(np.ascontiguousarray(batch["image"]))
@@ -278,7 +77,7 @@ class _GenerateActor:
     """``{"id", "image"}`` -> ``{"id", "image": G(image)}`` with fixed noise-head scales."""
 
     def __init__(self, model: str, provider: str, threads: int, noise: np.ndarray) -> None:
-        self.generator = Generator(model, provider=provider, threads=threads)
+        self.generator = GeneratorSession(model, provider=provider, threads=threads)
         self.noise = noise
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -296,7 +95,7 @@ def _run(
     total: int,
 ) -> Iterator[dict[str, np.ndarray]]:
     ray = connect(options)
-    workers, gpus, provider = _sizing(ray, options)
+    workers, gpus, provider = actor_sizing(ray, options)
     mapped = dataset.map_batches(
         actor,
         fn_constructor_kwargs={**constructor, "provider": provider,
@@ -377,7 +176,9 @@ def score_pool_ray(
     options = options or RayOptions()
     options.check()
     start = time.perf_counter()
-    sampler = Sampler(model, provider="cpu", threads=1)  # checks the file, reads its metadata
+    sampler = SamplerSession(
+        model, provider="cpu", threads=1
+    )  # checks the file, reads its metadata
     with PoolReader(pool) as reader:
         chosen = sampler._pick(reader, ids, parse_state(state))
     path = str(Path(pool).resolve())
@@ -403,7 +204,7 @@ def generate_pool_ray(
     :meth:`export.runtime.Generator.generate_pool`)."""
     options = options or RayOptions()
     options.check()
-    gen = Generator(model, provider="cpu", threads=1)
+    gen = GeneratorSession(model, provider="cpu", threads=1)
     ids = np.asarray(ids, dtype=np.int64)
     with PoolReader(pool) as reader:
         gen.info.check_pool_shape(gen.path, reader.path, reader.image_shape)
@@ -442,7 +243,7 @@ def generate_images_ray(
     does with the images it selected)."""
     options = options or RayOptions()
     options.check()
-    gen = Generator(model, provider="cpu", threads=1)
+    gen = GeneratorSession(model, provider="cpu", threads=1)
     gen.info.check_images(images)
     ray = connect(options)
     from ray.data.block import BlockAccessor

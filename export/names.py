@@ -9,19 +9,13 @@ Graph contract (format version 1)::
 
 ``score`` is D1(G1(x)), the probability "labelled"; selection takes the *lowest* scores. Pixels
 enter raw, as the pool stores them: the transform to float NCHW in [-1, 1] and back
-(:mod:`dgaal_core.data`) lives inside the graphs.
+(:mod:`dgaal_core.model.data`) lives inside the graphs.
 
-Also the work-directory layout beside a pool: ``<pool stem>.dgaal/round-NNNN/`` holds a round's
-``checkpoint.pt`` and its exported models.
+The work folder beside a pool, where each round keeps its checkpoints and exported models, is
+:mod:`dgaal_core.loop.workdir`.
 """
 
 from __future__ import annotations
-
-from pathlib import Path
-
-from dgaal_core.pool import schema
-from dgaal_core.pool.schema import CHECKPOINT_FILE as CHECKPOINT_FILE
-from dgaal_core.pool.schema import work_dir as work_dir  # re-exported: export code uses names.*
 
 FORMAT_VERSION = 1  # bump when the graph contract above changes
 OPSET = 17
@@ -75,8 +69,3 @@ META_INT8_AGREEMENT = "dgaal.int8_agreement"  # JSON: measured selection agreeme
 
 KIND_SAMPLER = "sampler"
 KIND_GENERATOR = "generator"
-
-
-def round_dir(pool_path: str | Path, round_index: int) -> Path:
-    """The folder of round ``round_index`` in the pool's default work folder."""
-    return schema.round_dir(work_dir(pool_path), round_index)

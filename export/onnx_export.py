@@ -1,7 +1,7 @@
 """Export the sampler (G1 + D1) and the generator (G) to ONNX, with a parity check every time.
 
 Graphs take raw pool pixels (uint8 NHWC) and embed exactly the transforms of
-:mod:`dgaal_core.data` (``to_model_input``, ``to_uint8_images``); see :mod:`export.names` for
+:mod:`dgaal_core.model.data` (``to_model_input``, ``to_uint8_images``); see :mod:`export.names` for
 the contract. Every export is followed by ``onnx.checker`` and a parity check of onnxruntime (CPU)
 against PyTorch on a given batch of real pool images; a failure removes the file and raises
 :class:`~export.errors.ExportParityError`.
@@ -19,10 +19,8 @@ parametrization (e.g. spectral norm) is baked into plain weights.
 
 from __future__ import annotations
 
-import json
 import warnings
 from dataclasses import dataclass
-from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
@@ -33,15 +31,15 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from dgaal_core.errors import DgaalError
-from dgaal_core.model.config import ModelConfig, config_hash
+from dgaal_core.model.config import ModelConfig
 from dgaal_core.model.data import to_model_input, to_uint8_images
-from dgaal_core.model.networks import NOISE_HIGH, NOISE_LOW, Generator, LatentDiscriminator
+from dgaal_core.model.networks import LatentDiscriminator, UNetGenerator
+from dgaal_core.model.noise import PAPER_SPREAD, noise_range, noise_scales
 
 from . import names
 from .errors import ExportParityError, ModelMismatchError
-from .runtime import Generator as OrtGenerator
-from .runtime import Sampler as OrtSampler
-from .runtime import select_lowest
+from .metadata import model_metadata, set_metadata
+from .runtime import GeneratorSession, SamplerSession, select_lowest
 
 SCORE_ATOL = 1e-5
 PIXEL_ATOL = 1
@@ -51,7 +49,7 @@ SELECT_FRACTION = 0.1  # parity compares the lowest 10% of the parity batch
 class SamplerGraph(nn.Module):
     """uint8 images (B, H, W, C) -> (score (B,), latent (B, z)) with score = D1(G1(x))."""
 
-    def __init__(self, g: Generator, d1: LatentDiscriminator) -> None:
+    def __init__(self, g: UNetGenerator, d1: LatentDiscriminator) -> None:
         super().__init__()
         self.g, self.d1 = g, d1
 
@@ -64,20 +62,12 @@ class SamplerGraph(nn.Module):
 class GeneratorGraph(nn.Module):
     """uint8 images (B, H, W, C), noise scales (c_b,) -> uint8 images G(x) (B, H, W, C)."""
 
-    def __init__(self, g: Generator) -> None:
+    def __init__(self, g: UNetGenerator) -> None:
         super().__init__()
         self.g = g
 
     def forward(self, images: torch.Tensor, noise_scales: torch.Tensor) -> torch.Tensor:
         return to_uint8_images(self.g(to_model_input(images), noise_scales))
-
-
-def dgaal_version() -> str:
-    """Installed dgaal version (``0+unknown`` when run from a tree that is not installed)."""
-    try:
-        return importlib_metadata.version("dgaal")
-    except importlib_metadata.PackageNotFoundError:
-        return "0+unknown"
 
 
 def bake_parametrizations(module: nn.Module) -> nn.Module:
@@ -90,9 +80,9 @@ def bake_parametrizations(module: nn.Module) -> nn.Module:
     return module
 
 
-def fresh_generator(g: Generator, config: ModelConfig) -> Generator:
+def fresh_generator(g: UNetGenerator, config: ModelConfig) -> UNetGenerator:
     """A fresh CPU eval-mode G from ``config`` with ``g``'s weights (parametrizations baked)."""
-    fresh = Generator(config)
+    fresh = UNetGenerator(config)
     fresh.load_state_dict({k: v.detach().cpu() for k, v in g.state_dict().items()})
     return bake_parametrizations(fresh).eval()  # type: ignore[return-value]
 
@@ -102,35 +92,6 @@ def fresh_d1(d1: LatentDiscriminator, config: ModelConfig) -> LatentDiscriminato
     fresh = LatentDiscriminator(config.latent_dim, config.d1_hidden)
     fresh.load_state_dict({k: v.detach().cpu() for k, v in d1.state_dict().items()})
     return bake_parametrizations(fresh).eval()  # type: ignore[return-value]
-
-
-def model_metadata(
-    config: ModelConfig, kind: str, round_index: int, noise_channels: int
-) -> dict[str, str]:
-    """The metadata_props every exported dgaal model carries."""
-    return {
-        names.META_FORMAT: str(names.FORMAT_VERSION),
-        names.META_KIND: kind,
-        names.META_VERSION: dgaal_version(),
-        names.META_IMAGE_SHAPE: json.dumps(list(config.image_shape)),
-        names.META_CHANNELS: str(config.image_shape[2]),
-        names.META_Z_DIM: str(config.latent_dim),
-        names.META_NOISE_CHANNELS: str(noise_channels),
-        names.META_NOISE_RANGE: json.dumps([NOISE_LOW, NOISE_HIGH]),
-        names.META_ROUND: str(int(round_index)),
-        names.META_CONFIG_HASH: config_hash(config),
-        names.META_CONFIG: json.dumps(config.to_dict(), sort_keys=True),
-        names.META_PRECISION: "fp32",
-    }
-
-
-def set_metadata(model: onnx.ModelProto, values: dict[str, str]) -> None:
-    """Set (replace) metadata_props entries of ``model``."""
-    kept = [p for p in model.metadata_props if p.key not in values]
-    del model.metadata_props[:]
-    model.metadata_props.extend(kept)
-    for key, value in values.items():
-        model.metadata_props.add(key=key, value=value)
 
 
 def _torch_export(
@@ -217,7 +178,7 @@ def check_sampler_parity(
     outs = _torch_run(graph.eval(), images)
     ref_s = torch.cat([o[0] for o in outs]).numpy()
     ref_z = torch.cat([o[1] for o in outs]).numpy()
-    got_s, got_z = OrtSampler(path, provider="cpu").score(images)
+    got_s, got_z = SamplerSession(path, provider="cpu").score(images)
     ds = float(np.max(np.abs(got_s.astype(np.float64) - ref_s))) if images.size else 0.0
     dz = float(np.max(np.abs(got_z.astype(np.float64) - ref_z))) if images.size else 0.0
     if not ds <= score_atol:
@@ -242,7 +203,7 @@ def check_generator_parity(
 ) -> GeneratorParity:
     """Compare onnxruntime (CPU) with ``graph`` on ``images``: every pixel within +-1."""
     ref = torch.cat(_torch_run(graph.eval(), images, noise_scales)).numpy()
-    got = OrtGenerator(path, provider="cpu").generate(images, noise_scales.numpy())
+    got = GeneratorSession(path, provider="cpu").generate(images, noise_scales.numpy())
     diff = np.abs(got.astype(np.int16) - ref.astype(np.int16))
     worst = int(diff.max(initial=0))
     if worst > PIXEL_ATOL:
@@ -262,7 +223,7 @@ def _check_parity_batch(images: np.ndarray, config: ModelConfig) -> None:
 
 
 def export_sampler(
-    g: Generator,
+    g: UNetGenerator,
     d1: LatentDiscriminator,
     config: ModelConfig,
     path: str | Path,
@@ -285,7 +246,7 @@ def export_sampler(
 
 
 def export_generator(
-    g: Generator,
+    g: UNetGenerator,
     config: ModelConfig,
     path: str | Path,
     parity_images: np.ndarray,
@@ -293,14 +254,19 @@ def export_generator(
     round_index: int = 0,
     dynamo: bool = False,
     seed: int = 0,
+    noise_spread: float = PAPER_SPREAD,
 ) -> GeneratorParity:
-    """Write ``generator.onnx`` for G at ``path``, check it, return its parity report."""
+    """Write ``generator.onnx`` for G at ``path``, check it, return its parity report.
+
+    ``noise_spread``: the noise-head scales of generation are drawn in ``[1 - s, 1 + s]``; the
+    range goes into the file's metadata, so every caller draws from it."""
     _check_parity_batch(parity_images, config)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     g = fresh_generator(g, config)
     graph = GeneratorGraph(g).eval()
-    noise = g.sample_noise_scales(torch.Generator().manual_seed(seed))
+    low, high = noise_range(noise_spread)
+    noise = torch.from_numpy(noise_scales(seed, g.noise_channels, low, high))
     _torch_export(
         graph,
         (_example(parity_images), noise),
@@ -309,5 +275,6 @@ def export_generator(
         names.GENERATOR_OUTPUTS,
         dynamo,
     )
-    _finish(path, model_metadata(config, names.KIND_GENERATOR, round_index, g.noise_channels))
+    meta = model_metadata(config, names.KIND_GENERATOR, round_index, g.noise_channels, noise_spread)
+    _finish(path, meta)
     return check_generator_parity(path, graph, parity_images, noise)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -19,8 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
+from dgaal_core.loop.workdir import CHECKPOINT_FILE, latest_round, round_dir, work_dir
 from dgaal_core.model.config import ModelConfig, preset
-from dgaal_core.model.networks import Generator, LatentDiscriminator, build_models
+from dgaal_core.model.networks import LatentDiscriminator, UNetGenerator, build_models
+from dgaal_core.model.noise import PAPER_SPREAD
 from dgaal_core.pool.reader import PoolReader
 from dgaal_core.pool.schema import State
 
@@ -30,16 +31,20 @@ from .onnx_export import GeneratorParity, SamplerParity, export_generator, expor
 from .quantize import Int8Report, convert_fp16, quantize_sampler_int8
 from .triton import write_triton_repository
 
+PARITY_IMAGES = 256  # pool images every export is checked against PyTorch on
+CALIBRATION_IMAGES = 256  # pool images the int8 sampler is calibrated on
+
 
 @dataclass
 class ExportedModels:
     """What to export: G, D1, their config, the round they belong to and where they came from."""
 
-    g: Generator
+    g: UNetGenerator
     d1: LatentDiscriminator
     config: ModelConfig
     round_index: int
     source: str
+    noise_spread: float = PAPER_SPREAD  # generation draws the noise-head scales in [1 -+ this]
 
 
 @dataclass
@@ -57,27 +62,17 @@ class ExportReport:
     seconds: float = 0.0
 
 
-def latest_round(pool_path: str | Path) -> int | None:
-    """Highest round number with a checkpoint in the pool's work directory, or None."""
-    rounds = []
-    wd = names.work_dir(pool_path)
-    if wd.is_dir():
-        for p in wd.iterdir():
-            m = re.fullmatch(r"round-(\d+)", p.name)
-            if m and (p / names.CHECKPOINT_FILE).is_file():
-                rounds.append(int(m.group(1)))
-    return max(rounds) if rounds else None
-
-
 def load_models(
     pool_path: str | Path,
     *,
+    workdir: str | Path | None = None,
     round_index: int | None = None,
     checkpoint: str | Path | None = None,
     untrained_preset: str | None = None,
     seed: int = 0,
 ) -> ExportedModels:
-    """G and D1 to export for the pool at ``pool_path`` (see the module docstring)."""
+    """G and D1 to export for the pool at ``pool_path`` (see the module docstring); a round's
+    checkpoint is looked for in ``workdir`` (default: the pool's own work folder)."""
     with PoolReader(pool_path) as reader:
         image_shape, num_classes = reader.image_shape, reader.num_classes
     if untrained_preset is not None:
@@ -88,10 +83,11 @@ def load_models(
     from dgaal_core.model.checkpoint import load_checkpoint, run_config_of
 
     if checkpoint is None:
-        found = latest_round(pool_path) if round_index is None else round_index
-        path = None if found is None else names.round_dir(pool_path, found) / names.CHECKPOINT_FILE
+        folder = Path(workdir) if workdir is not None else work_dir(pool_path)
+        found = latest_round(folder) if round_index is None else round_index
+        path = None if found is None else round_dir(folder, found) / CHECKPOINT_FILE
         if path is None or not path.is_file():
-            where = names.work_dir(pool_path) if path is None else path
+            where = folder if path is None else path
             raise CheckpointNotFoundError(
                 f"no checkpoint to export at {where} (no round has finished yet); run a round "
                 f"first, or pass --checkpoint FILE, or --untrained for freshly initialised models"
@@ -107,11 +103,12 @@ def load_models(
             f"{checkpoint}: trained on {list(config.image_shape)} images, pool {pool_path} holds "
             f"{list(image_shape)}"
         )
-    g, d1 = Generator(config), LatentDiscriminator(config.latent_dim, config.d1_hidden)
+    g, d1 = UNetGenerator(config), LatentDiscriminator(config.latent_dim, config.d1_hidden)
     g.load_state_dict(ckpt["models"]["g"])
     d1.load_state_dict(ckpt["models"]["d1"])
     r = int(ckpt.get("round", 0)) if round_index is None else round_index
-    return ExportedModels(g, d1, config, r, str(checkpoint))
+    spread = float(ckpt.get("extra", {}).get("noise_spread", PAPER_SPREAD))
+    return ExportedModels(g, d1, config, r, str(checkpoint), spread)
 
 
 def sample_pool_images(reader: PoolReader, count: int, seed: int = 0, skip: int = 0) -> np.ndarray:
@@ -153,6 +150,7 @@ def export_round(
         gp = export_generator(
             models.g, models.config, g_path, parity_images,
             round_index=models.round_index, dynamo=dynamo, seed=seed,
+            noise_spread=models.noise_spread,
         )  # fmt: skip
         report = ExportReport(s_path, g_path, sp, gp)
         if int8:
@@ -179,9 +177,9 @@ def _fp16(
     s_path: Path, g_path: Path, tmp: Path, images: np.ndarray, seed: int
 ) -> tuple[list[Path], str]:
     try:
-        from .runtime import Generator as OrtGenerator
+        from .runtime import GeneratorSession
 
-        noise = OrtGenerator(g_path, provider="cpu").draw_noise_scales(seed)
+        noise = GeneratorSession(g_path, provider="cpu").draw_noise_scales(seed)
         s16, ds = convert_fp16(s_path, tmp / names.SAMPLER_FP16_FILE, images, None)
         g16, dg = convert_fp16(g_path, tmp / names.GENERATOR_FP16_FILE, images, noise)
     except ImportError as e:

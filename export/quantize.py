@@ -26,9 +26,8 @@ import onnx
 
 from . import names
 from .cascade import cascade_scores
-from .runtime import Generator as OrtGenerator
-from .runtime import Sampler as OrtSampler
-from .runtime import select_lowest
+from .metadata import set_metadata, update_metadata
+from .runtime import GeneratorSession, SamplerSession, select_lowest
 
 FP16_SCORE_ATOL = 1e-2
 FP16_PIXEL_ATOL = 4
@@ -63,13 +62,6 @@ class Int8Report:
     def accepted(self) -> bool:
         """Whether an int8 sampler was kept."""
         return self.path is not None
-
-
-def _copy_metadata(src: onnx.ModelProto, dst: onnx.ModelProto, precision: str) -> None:
-    dst.metadata_props.clear()
-    for p in src.metadata_props:
-        value = precision if p.key == names.META_PRECISION else p.value
-        dst.metadata_props.add(key=p.key, value=value)
 
 
 class _Calibration:
@@ -116,12 +108,13 @@ def quantize_sampler_int8(
             calibrate_method=CalibrationMethod.MinMax,
         )
     model = onnx.load(str(out_path))
-    _copy_metadata(onnx.load(str(fp32_path), load_external_data=False), model, "int8")
+    base = onnx.load(str(fp32_path), load_external_data=False)
+    set_metadata(model, {names.META_PRECISION: "int8"}, base=base)
     onnx.save_model(model, str(out_path), save_as_external_data=False)
     onnx.checker.check_model(str(out_path), full_check=True)
 
-    ref, _ = OrtSampler(fp32_path, provider="cpu").score(agreement_images)
-    got, _ = OrtSampler(out_path, provider="cpu", rescore=False).score(agreement_images)
+    ref, _ = SamplerSession(fp32_path, provider="cpu").score(agreement_images)
+    got, _ = SamplerSession(out_path, provider="cpu", rescore=False).score(agreement_images)
     m = agreement_images.shape[0]
     n = max(1, round(select_fraction * m))
     agreement = selection_agreement(ref, got, n)
@@ -142,7 +135,7 @@ def quantize_sampler_int8(
         )
         return Int8Report(None, agreement, cascade, rescore, n, m, None, msg)
     agreements = {"direct": agreement, "cascade": cascade, "n": n}
-    set_props(out_path, {
+    update_metadata(out_path, {
         names.META_INT8_MODE: mode,
         names.META_RESCORE_FRACTION: str(rescore),
         names.META_INT8_AGREEMENT: json.dumps(agreements),
@@ -155,17 +148,6 @@ def quantize_sampler_int8(
             f"{head} agrees with fp32 on {agreement:.1%} of ids, cascaded on {cascade:.1%}"
         )
     return Int8Report(mode, agreement, cascade, rescore, n, m, out_path, msg)
-
-
-def set_props(path: Path, values: dict[str, str]) -> None:
-    """Add or replace metadata_props entries of the model file at ``path``."""
-    model = onnx.load(str(path))
-    kept = [p for p in model.metadata_props if p.key not in values]
-    model.metadata_props.clear()
-    model.metadata_props.extend(kept)
-    for key, value in values.items():
-        model.metadata_props.add(key=key, value=value)
-    onnx.save_model(model, str(path), save_as_external_data=False)
 
 
 def _toposort(graph: onnx.GraphProto) -> None:
@@ -201,16 +183,16 @@ def convert_fp16(
     model = onnx.load(str(fp32_path))
     half = convert_float_to_float16(model, keep_io_types=True)
     _toposort(half.graph)
-    _copy_metadata(model, half, "fp16")
+    set_metadata(half, {names.META_PRECISION: "fp16"}, base=model)
     onnx.save_model(half, str(out_path), save_as_external_data=False)
     onnx.checker.check_model(str(out_path), full_check=True)
     if noise is None:
-        ref, _ = OrtSampler(fp32_path, provider="cpu").score(images)
-        got, _ = OrtSampler(out_path, provider="cpu", rescore=False).score(images)
+        ref, _ = SamplerSession(fp32_path, provider="cpu").score(images)
+        got, _ = SamplerSession(out_path, provider="cpu", rescore=False).score(images)
         worst, tol = float(np.max(np.abs(ref - got))), FP16_SCORE_ATOL
     else:
-        a = OrtGenerator(fp32_path, provider="cpu").generate(images, noise)
-        b = OrtGenerator(out_path, provider="cpu").generate(images, noise)
+        a = GeneratorSession(fp32_path, provider="cpu").generate(images, noise)
+        b = GeneratorSession(out_path, provider="cpu").generate(images, noise)
         worst, tol = float(np.max(np.abs(a.astype(np.int16) - b))), FP16_PIXEL_ATOL
     if worst > tol:
         out_path.unlink(missing_ok=True)

@@ -3,16 +3,19 @@
 Imports numpy, onnxruntime and the torch-free pool reader only, so another service can embed it
 without PyTorch (a test enforces this).
 
->>> sampler = Sampler("round-0003/sampler.onnx")          # CUDA when present, else CPU
->>> result = sampler.score_pool("pools.h5")               # all candidates, streamed from HDF5
+>>> sampler = SamplerSession("round-0003/sampler.onnx")   # CUDA when present, else CPU
+>>> result = sampler.score_pool("pools.h5")                # all candidates, streamed from HDF5
 >>> chosen = select_lowest(result.ids, result.scores, 500)
->>> scores, latents = sampler.score(images)               # uint8 [n, H, W, C] in memory
->>> gen = Generator("round-0003/generator.onnx")
+>>> scores, latents = sampler.score(images)                # uint8 [n, H, W, C] in memory
+>>> gen = GeneratorSession("round-0003/generator.onnx")
 >>> x_g = gen.generate(images, gen.draw_noise_scales(seed))
 
-``Sampler`` opens any exported sampler: an int8 ``sampler.int8.onnx`` exported in "cascade" mode
-rescores the lowest ``rescore_fraction`` of its scores with the fp32 ``sampler.onnx`` beside it
-(see :mod:`export.cascade` for why), so callers never need to know which file they were given.
+``select_lowest`` is :func:`dgaal_core.loop.selection.select_lowest` (the round's own rule: lowest
+score first, ties by smaller id, NaN last). ``SamplerSession`` opens any exported sampler: an
+int8 ``sampler.int8.onnx`` exported in "cascade" mode rescores the lowest ``rescore_fraction`` of
+its scores with the fp32 ``sampler.onnx`` beside it (see :mod:`export.cascade` for why), so
+callers never need to know which file they were given. ``Sampler`` and ``Generator`` are the
+same classes under their earlier names.
 
 Pool scoring reads contiguous chunks of candidate ids on a background thread
 (:meth:`dgaal_core.pool.PoolReader.iter_batches`), so disk and compute overlap, and keeps only
@@ -32,6 +35,8 @@ from typing import Any
 import numpy as np
 
 from dgaal_core.errors import DgaalError
+from dgaal_core.loop.selection import select_lowest
+from dgaal_core.model.noise import noise_scales
 from dgaal_core.pool.reader import PoolReader
 from dgaal_core.pool.schema import STATE_NAMES, State
 
@@ -43,36 +48,16 @@ Progress = Callable[[int, int], None]  # (images done, images total)
 
 __all__ = [
     "Generator",
+    "GeneratorSession",
     "ModelInfo",
     "PoolScores",
     "Sampler",
-    "open_sampler",
+    "SamplerSession",
     "parse_state",
     "select_lowest",
 ]
 
 DEFAULT_RESCORE_FRACTION = 0.15
-
-
-def select_lowest(ids: np.ndarray | Sequence[int], scores: np.ndarray, n: int) -> np.ndarray:
-    """The ``n`` ids with the lowest scores, ascending by score; ties broken by smaller id.
-
-    Deterministic whatever the input order. NaN scores sort last (never selected before a number).
-    """
-    ids = np.asarray(ids, dtype=np.int64)
-    scores = np.asarray(scores)
-    if ids.shape != scores.shape or ids.ndim != 1:
-        raise ValueError(f"ids {ids.shape} and scores {scores.shape} must be equal 1-d shapes")
-    n = max(0, min(int(n), ids.size))
-    if n == 0:
-        return np.zeros(0, np.int64)
-    key = np.where(np.isnan(scores), np.inf, scores).astype(np.float64)
-    if n < ids.size:  # preselect everything <= the n-th score (ties included), then sort exactly
-        kth = np.partition(key, n - 1)[n - 1]
-        keep = np.flatnonzero(key <= kth)
-        ids, key = ids[keep], key[keep]
-    order = np.lexsort((ids, key))  # last key is primary: score, then id
-    return ids[order[:n]]
 
 
 def parse_state(state: State | str | None) -> State | None:
@@ -102,10 +87,6 @@ class PoolScores:
         return self.ids.size / self.seconds if self.seconds > 0 else float("nan")
 
 
-def _chunks(n: int, size: int) -> range:
-    return range(0, n, max(1, size))
-
-
 def merge_rescored(
     ids: np.ndarray, fast: np.ndarray, exact_ids: np.ndarray, exact: np.ndarray
 ) -> np.ndarray:
@@ -116,7 +97,7 @@ def merge_rescored(
     return merged
 
 
-class Sampler(ModelSession):
+class SamplerSession(ModelSession):
     """``sampler.onnx``: uint8 images -> (score = D1(G1(x)), latent z). Lower score = select.
 
     Opens any exported sampler file. An int8 sampler exported in "cascade" mode is paired with
@@ -142,7 +123,7 @@ class Sampler(ModelSession):
     ) -> None:
         super().__init__(path, provider, threads, **session)
         meta = self.info.metadata
-        self.exact: Sampler | None = None
+        self.exact: SamplerSession | None = None
         self.rescore_fraction = float(
             rescore_fraction
             if rescore_fraction is not None
@@ -162,7 +143,7 @@ class Sampler(ModelSession):
                 f"{self.path}: an int8 sampler that needs fp32 rescoring, "
                 f"but {exact_path} is missing"
             )
-        exact = Sampler(exact_path, provider, threads, rescore=False, **session)
+        exact = SamplerSession(exact_path, provider, threads, rescore=False, **session)
         if exact.info.image_shape != self.info.image_shape:
             raise ModelFileError(f"{self.path} and {exact_path} take different image shapes")
         if exact.info.config_hash != self.info.config_hash or exact.info.round != self.info.round:
@@ -180,7 +161,7 @@ class Sampler(ModelSession):
         bs = batch_size or self.default_batch_size
         scores = np.empty(images.shape[0], np.float32)
         latents = np.empty((images.shape[0], self.info.z_dim), np.float32)
-        for i in _chunks(images.shape[0], bs):
+        for i in range(0, images.shape[0], bs):
             s, z = self.run({names.IMAGES: images[i : i + bs]})
             scores[i : i + bs], latents[i : i + bs] = s, z
         if self.exact is None:
@@ -281,12 +262,7 @@ class Sampler(ModelSession):
         return PoolScores(chosen, scores, latents, time.perf_counter() - start)
 
 
-def open_sampler(path: str | Path, provider: str = "auto", threads: int | None = None) -> Sampler:
-    """``Sampler(path, provider, threads)``: kept for callers of earlier versions."""
-    return Sampler(path, provider, threads)
-
-
-class Generator(ModelSession):
+class GeneratorSession(ModelSession):
     """``generator.onnx``: uint8 images + noise-head scales -> uint8 images G(x), same shape."""
 
     kind = names.KIND_GENERATOR
@@ -310,9 +286,7 @@ class Generator(ModelSession):
 
     def draw_noise_scales(self, seed: int | np.random.Generator) -> np.ndarray:
         """Fresh noise-head scales, float32 [noise_channels], uniform in the exported range."""
-        rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
-        low, high = self.info.noise_range
-        return rng.uniform(low, high, self.noise_channels).astype(np.float32)
+        return noise_scales(seed, self.noise_channels, *self.info.noise_range)
 
     def generate(
         self, images: np.ndarray, noise_scales: np.ndarray, batch_size: int | None = None
@@ -326,7 +300,7 @@ class Generator(ModelSession):
             )
         bs = batch_size or self.default_batch_size
         out = np.empty_like(images)
-        for i in _chunks(images.shape[0], bs):
+        for i in range(0, images.shape[0], bs):
             feeds = {names.IMAGES: images[i : i + bs], names.NOISE_SCALES: noise}
             out[i : i + bs] = self.run(feeds)[0]
         return out
@@ -352,3 +326,9 @@ class Generator(ModelSession):
         finally:
             if reader is not pool:
                 reader.close()
+
+
+# The names of earlier versions, kept for services that embed them (the README's first examples
+# used them): the classes are onnxruntime sessions, hence the new names.
+Sampler = SamplerSession
+Generator = GeneratorSession

@@ -56,6 +56,36 @@ def cuda_device_count() -> int:
     return int(count.value)
 
 
+@cache
+def _processors() -> tuple[dict[str, str], ...]:
+    """The entries of ``/proc/cpuinfo`` (one dict per logical CPU; none when not Linux)."""
+    out: list[dict[str, str]] = []
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                key, sep, value = line.partition(":")
+                if not sep:
+                    continue
+                key, value = key.strip(), value.strip()
+                if key == "processor":
+                    out.append({})
+                if out:
+                    out[-1][key] = value
+    except OSError:
+        return ()
+    return tuple(out)
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), or what :mod:`platform` knows."""
+    import platform
+
+    for p in _processors():
+        if "model name" in p:
+            return p["model name"]
+    return platform.processor() or platform.machine()
+
+
 def physical_cores() -> int:
     """Physical cores among the CPUs this process may run on (SMT siblings counted once)."""
     try:
@@ -63,20 +93,12 @@ def physical_cores() -> int:
     except AttributeError:  # not Linux
         allowed = set(range(os.cpu_count() or 1))
     cores: set[tuple[str, str]] = set()
-    proc, phys = -1, ""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                key, value = key.strip(), value.strip()
-                if key == "processor":
-                    proc = int(value)
-                elif key == "physical id":
-                    phys = value
-                elif key == "core id" and proc in allowed:
-                    cores.add((phys, value))
-    except (OSError, ValueError):
-        cores.clear()
+    for p in _processors():
+        try:
+            if int(p.get("processor", -1)) in allowed and "core id" in p:
+                cores.add((p.get("physical id", ""), p["core id"]))
+        except ValueError:
+            return len(allowed)
     return max(1, min(len(cores) or len(allowed), len(allowed)))
 
 

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import json
 import shutil
+from functools import cache
 from pathlib import Path
+from typing import Any
 
 import onnx
 
@@ -31,52 +33,84 @@ def _meta(path: Path) -> dict[str, str]:
     return {p.key: p.value for p in model.metadata_props}
 
 
-def _dims(values: list[int]) -> str:
-    return "[ " + ", ".join(str(v) for v in values) + " ]" if values else "[ ]"
+@cache
+def _model_config_class() -> Any:
+    """The part of Triton's ``ModelConfig`` message (model_config.proto) dgaal writes, built
+    with protobuf (onnx's dependency), so ``config.pbtxt`` is protobuf's own text format."""
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+    fdp = descriptor_pb2.FileDescriptorProto(name="dgaal_triton.proto", package="inference")
+    dtype = fdp.enum_type.add(name="DataType")
+    for number, name in enumerate(("TYPE_INVALID", "TYPE_BOOL", "TYPE_UINT8")):
+        dtype.value.add(name=name, number=number)
+    dtype.value.add(name="TYPE_FP32", number=11)
+    F = descriptor_pb2.FieldDescriptorProto
+    opt, rep = F.LABEL_OPTIONAL, F.LABEL_REPEATED
+
+    def message(name: str, fields: list[tuple[str, int, int, int, str]]) -> None:
+        m = fdp.message_type.add(name=name)
+        for field_name, number, label, kind, type_name in fields:
+            f = m.field.add(name=field_name, number=number, label=label, type=kind)
+            if type_name:
+                f.type_name = type_name
+
+    tensor = [
+        ("name", 1, opt, F.TYPE_STRING, ""),
+        ("data_type", 2, opt, F.TYPE_ENUM, ".inference.DataType"),
+        ("dims", 3, rep, F.TYPE_INT64, ""),
+        ("reshape", 5, opt, F.TYPE_MESSAGE, ".inference.ModelTensorReshape"),
+    ]
+    message("ModelTensorReshape", [("shape", 1, rep, F.TYPE_INT64, "")])
+    message("ModelTensor", tensor)
+    message("ModelDynamicBatching", [("max_queue_delay_microseconds", 3, opt, F.TYPE_UINT64, "")])
+    message("ModelConfig", [
+        ("name", 1, opt, F.TYPE_STRING, ""),
+        ("platform", 2, opt, F.TYPE_STRING, ""),
+        ("max_batch_size", 4, opt, F.TYPE_INT32, ""),
+        ("input", 5, rep, F.TYPE_MESSAGE, ".inference.ModelTensor"),
+        ("output", 6, rep, F.TYPE_MESSAGE, ".inference.ModelTensor"),
+        ("dynamic_batching", 11, opt, F.TYPE_MESSAGE, ".inference.ModelDynamicBatching"),
+    ])  # fmt: skip
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(fdp)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName("inference.ModelConfig"))
 
 
-def _tensor(name: str, dtype: str, dims: list[int], reshape: list[int] | None = None) -> str:
-    extra = f"\n    reshape: {{ shape: {_dims(reshape)} }}" if reshape is not None else ""
-    body = f'    name: "{name}"\n    data_type: {dtype}\n    dims: {_dims(dims)}{extra}'
-    return "  {\n" + body + "\n  }"
+def _tensor(
+    config: Any, kind: str, name: str, dtype: str, dims: list[int], *, scalar: bool = False
+) -> None:
+    t = getattr(config, kind).add(name=name, data_type=dtype, dims=dims)
+    if scalar:  # Triton's [1] per item, reshaped to a scalar
+        t.reshape.SetInParent()
+
+
+def _text(config: Any) -> str:
+    from google.protobuf import text_format
+
+    return text_format.MessageToString(config, use_short_repeated_primitives=True)
 
 
 def sampler_config(image_shape: list[int], z_dim: int, max_batch_size: int) -> str:
     """config.pbtxt of the sampler: dynamic batching, dims without the batch axis."""
-    delay = 2000  # microseconds a request may wait for others to fill a batch
-    return "\n".join(
-        [
-            f'name: "{names.TRITON_SAMPLER}"',
-            'platform: "onnxruntime_onnx"',
-            f"max_batch_size: {max_batch_size}",
-            f"dynamic_batching {{ max_queue_delay_microseconds: {delay} }}",
-            "input [\n" + _tensor(names.IMAGES, "TYPE_UINT8", image_shape) + "\n]",
-            "output [\n"
-            + _tensor(names.SCORE, "TYPE_FP32", [1], reshape=[])
-            + ",\n"
-            + _tensor(names.LATENT, "TYPE_FP32", [z_dim])
-            + "\n]",
-            "",
-        ]
+    config = _model_config_class()(
+        name=names.TRITON_SAMPLER, platform="onnxruntime_onnx", max_batch_size=max_batch_size
     )
+    config.dynamic_batching.max_queue_delay_microseconds = 2000  # wait for others to fill a batch
+    _tensor(config, "input", names.IMAGES, "TYPE_UINT8", image_shape)
+    _tensor(config, "output", names.SCORE, "TYPE_FP32", [1], scalar=True)
+    _tensor(config, "output", names.LATENT, "TYPE_FP32", [z_dim])
+    return _text(config)
 
 
 def generator_config(image_shape: list[int], noise_channels: int) -> str:
     """config.pbtxt of the generator: no Triton batching (noise_scales has no batch axis)."""
-    return "\n".join(
-        [
-            f'name: "{names.TRITON_GENERATOR}"',
-            'platform: "onnxruntime_onnx"',
-            "max_batch_size: 0",
-            "input [\n"
-            + _tensor(names.IMAGES, "TYPE_UINT8", [-1, *image_shape])
-            + ",\n"
-            + _tensor(names.NOISE_SCALES, "TYPE_FP32", [noise_channels])
-            + "\n]",
-            "output [\n" + _tensor(names.IMAGES_OUT, "TYPE_UINT8", [-1, *image_shape]) + "\n]",
-            "",
-        ]
+    config = _model_config_class()(
+        name=names.TRITON_GENERATOR, platform="onnxruntime_onnx", max_batch_size=0
     )
+    _tensor(config, "input", names.IMAGES, "TYPE_UINT8", [-1, *image_shape])
+    _tensor(config, "input", names.NOISE_SCALES, "TYPE_FP32", [noise_channels])
+    _tensor(config, "output", names.IMAGES_OUT, "TYPE_UINT8", [-1, *image_shape])
+    return _text(config)
 
 
 def write_triton_repository(

@@ -1,8 +1,14 @@
-"""Tiny data shared by the tests that run rounds (pytest puts this folder on sys.path)."""
+"""What the tests share: tiny data and pools, and ways to run ``dgaal`` (pytest puts this folder
+on sys.path)."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -18,17 +24,34 @@ def class_images(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
-def random_pool(path: Path, shape=(8, 8, 1), n: int = 700, seed: int = 0) -> np.ndarray:
-    """A pool of ``n`` random images (10 classes, 20% labelled); returns the images."""
+CLASSES = [str(i) for i in range(10)]
+
+
+def random_pool(
+    path: Path,
+    shape=(8, 8, 1),
+    n: int = 700,
+    seed: int = 0,
+    *,
+    initial: float = 0.2,
+    test: int = 0,
+    batch: int = 128,
+) -> np.ndarray:
+    """A pool of ``n`` random images of 10 classes (row i is class i % 10), streamed in in
+    batches as ingestion does, ``initial`` of them labelled, the first ``test`` also as a test
+    split; returns the images."""
     from dgaal_core.loop.selection import choose_initial
     from dgaal_core.pool.writer import PoolBuilder
 
     rng = np.random.default_rng(seed)
     images = rng.integers(0, 256, (n, *shape), dtype=np.uint8)
-    with PoolBuilder(path, shape, [str(i) for i in range(10)]) as b:
-        for i in range(0, n, 128):
-            b.add(images[i : i + 128], truth=np.arange(i, min(n, i + 128)) % 10)
-        b.finish(labelled=choose_initial(b.truth, 0.2, rng))
+    truth = np.arange(n) % 10
+    with PoolBuilder(path, shape, CLASSES) as b:
+        for i in range(0, n, batch):
+            b.add(images[i : i + batch], truth=truth[i : i + batch])
+        if test:
+            b.add_test(images[:test], truth[:test])
+        b.finish(labelled=choose_initial(b.truth, initial, rng))
     return images
 
 
@@ -43,3 +66,65 @@ def export_untrained(out: Path, images: np.ndarray, seed: int = 0) -> tuple[Path
     m = build_models(config, seed)
     report = export_round(ExportedModels(m.g, m.d1, config, 1, "test"), out, images[:64])
     return report.sampler, report.generator
+
+
+# ---- running the command line ------------------------------------------------------------------
+ROOT = Path(__file__).resolve().parents[1]
+DGAAL = shutil.which("dgaal", path=str(Path(sys.executable).parent)) or "dgaal"
+# one intra-op thread: the test models are tiny, and it keeps the tests steady on a busy machine
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+class Ran(NamedTuple):
+    """What a ``dgaal`` command did: ``code, stdout, stderr = cli(...)``."""
+
+    code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def returncode(self) -> int:
+        return self.code
+
+
+def cli(*args: str | Path, cwd: Path | None = None, app: Any = None) -> Ran:
+    """``dgaal ARGS`` in this process (typer's CliRunner: no interpreter start), from ``cwd``.
+
+    An exception that is not an exit is re-raised: through the console script it would have
+    been a traceback, which no command may end with."""
+    from typer.testing import CliRunner
+
+    if app is None:
+        from cli.main import app
+    here = os.getcwd()
+    if cwd is not None:
+        os.chdir(cwd)
+    try:
+        res = CliRunner().invoke(app, [str(a) for a in args])
+    finally:
+        os.chdir(here)
+    if res.exception is not None and not isinstance(res.exception, SystemExit):
+        raise res.exception
+    return Ran(res.exit_code, res.stdout, res.stderr)
+
+
+def script(*args: str | Path, cwd: Path | None = None, check: bool = False) -> Ran:
+    """``dgaal ARGS`` through the real console script, in a child process."""
+    proc = subprocess.run(
+        [DGAAL, *map(str, args)], capture_output=True, text=True, env=ENV, timeout=300, cwd=cwd
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"dgaal {' '.join(map(str, args))}:\n{proc.stdout}\n{proc.stderr}")
+    return Ran(proc.returncode, proc.stdout, proc.stderr)
+
+
+def assert_one_line_error(ran: Ran, *needles: str, code: int | None = None) -> None:
+    """A refused command: non-zero exit (``code`` if given), no traceback, exactly one
+    ``error: ...`` line on stderr holding every needle."""
+    out = ran.stdout + ran.stderr
+    assert ran.code != 0 if code is None else ran.code == code, out
+    assert "Traceback" not in out, out
+    lines = ran.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), out
+    for n in needles:
+        assert n in lines[0], (n, lines[0])

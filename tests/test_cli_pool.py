@@ -10,30 +10,19 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pools
 import pytest
 from PIL import Image
-from typer.testing import CliRunner
+from pools import Ran, cli
 
-from cli.main import app
 from dgaal_core.pool.reader import PoolReader
 from dgaal_core.pool.schema import shard_dir
 
-runner = CliRunner()
-
-
-def dgaal(*args: str | Path) -> tuple[int, str, str]:
-    res = runner.invoke(app, [str(a) for a in args])
-    if res.exception is not None and not isinstance(res.exception, SystemExit):
-        raise res.exception
-    return res.exit_code, res.stdout, res.stderr
+dgaal = cli  # in-process; test_real_console_script_without_torch runs the real one
 
 
 def assert_one_line_error(code: int, err: str, *needles: str) -> None:
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    for n in needles:
-        assert n in lines[0], (n, lines[0])
+    pools.assert_one_line_error(Ran(code, "", err), *needles, code=2)
 
 
 def assert_nothing_written(out: Path) -> None:
@@ -170,6 +159,7 @@ def test_info_prints_rounds(tmp_path: Path) -> None:
     assert "generated_added" not in stdout
 
 
+@pytest.mark.slow
 def test_real_console_script_without_torch(tmp_path: Path) -> None:
     exe = Path(sys.executable).with_name("dgaal")
     exe_path = str(exe) if exe.exists() else shutil.which("dgaal")

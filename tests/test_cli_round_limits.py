@@ -4,38 +4,27 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from pools import class_images
+from pools import Ran, class_images, script
 
-DGAAL = shutil.which("dgaal", path=str(Path(sys.executable).parent)) or "dgaal"
+pytestmark = pytest.mark.slow  # real rounds through the console script
+
 FAST = ["--gan-steps", "3", "--task-epochs", "1", "--task-min-steps", "0", "--quiet"]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
-
-
-def dgaal(*args: str | Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [DGAAL, *map(str, args)], capture_output=True, text=True, env=ENV, timeout=300
-    )
+dgaal = script
 
 
 def ok(*args: str | Path) -> str:
-    proc = dgaal(*args)
-    assert proc.returncode == 0, f"dgaal {args} failed:\n{proc.stdout}\n{proc.stderr}"
-    return proc.stdout
+    return script(*args, check=True).stdout
 
 
 def info(path: Path) -> dict:
     return json.loads(ok("pool", "info", path, "--json"))
 
 
-def assert_refused(proc: subprocess.CompletedProcess, *needles: str) -> None:
+def assert_refused(proc: Ran, *needles: str) -> None:
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stdout + proc.stderr
     lines = proc.stderr.strip().splitlines()

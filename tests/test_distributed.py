@@ -27,7 +27,7 @@ from export.distributed import (
     generate_pool_ray,
     score_pool_ray,
 )
-from export.runtime import Generator, Sampler, select_lowest
+from export.runtime import GeneratorSession, SamplerSession, select_lowest
 
 ray = pytest.importorskip("ray")  # `make test` installs dgaal[ray]; CI has it
 pytestmark = pytest.mark.slow
@@ -65,7 +65,7 @@ def models(tmp_path_factory):
 
 def test_ray_scores_and_lowest_n_equal_the_local_runtime(local_ray, models):
     pool, _, sampler_path, _ = models
-    local = Sampler(sampler_path, provider="cpu").score_pool(pool, state=None)
+    local = SamplerSession(sampler_path, provider="cpu").score_pool(pool, state=None)
     calls: list[tuple[int, int]] = []
     res = score_pool_ray(
         sampler_path,
@@ -84,13 +84,13 @@ def test_ray_scores_and_lowest_n_equal_the_local_runtime(local_ray, models):
     assert some.ids.tolist() == [3, 899, 900, 1199]
     np.testing.assert_array_equal(some.scores, local.scores[[3, 899, 900, 1199]])
     cands = score_pool_ray(sampler_path, pool, options=local_ray)  # default: unlabelled rows
-    want = Sampler(sampler_path, provider="cpu").score_pool(pool)
+    want = SamplerSession(sampler_path, provider="cpu").score_pool(pool)
     np.testing.assert_array_equal(cands.ids, want.ids)
 
 
 def test_ray_generation_equals_the_local_runtime(local_ray, models):
     pool, images, _, generator_path = models
-    g = Generator(generator_path, provider="cpu")
+    g = GeneratorSession(generator_path, provider="cpu")
     noise = g.draw_noise_scales(4)
     ids = np.array([1100, 2, 900, 2, 45])
     np.testing.assert_array_equal(
@@ -165,7 +165,7 @@ def test_a_killed_actor_is_replaced_and_the_scores_still_match(local_ray, tmp_pa
     res = score_pool_ray(sampler_path, pool, state=None, options=opts)
     t.join(timeout=5)
     assert killed, "the actor was never seen"
-    local = Sampler(sampler_path, provider="cpu").score_pool(pool, state=None)
+    local = SamplerSession(sampler_path, provider="cpu").score_pool(pool, state=None)
     np.testing.assert_array_equal(res.ids, local.ids)
     np.testing.assert_array_equal(res.scores, local.scores)
 
@@ -184,9 +184,9 @@ def test_a_two_node_cluster_gives_the_same_scores(models):
         )
         res = score_pool_ray(sampler_path, pool, state=None, options=opts)
         assert len(ray.nodes()) == 2
-        local = Sampler(sampler_path, provider="cpu").score_pool(pool, state=None)
+        local = SamplerSession(sampler_path, provider="cpu").score_pool(pool, state=None)
         np.testing.assert_array_equal(res.scores, local.scores)
-        g = Generator(generator_path, provider="cpu")
+        g = GeneratorSession(generator_path, provider="cpu")
         noise = g.draw_noise_scales(1)
         np.testing.assert_array_equal(
             generate_pool_ray(generator_path, pool, [5, 1000], noise, opts),

@@ -8,32 +8,27 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from pools import DGAAL, ENV, Ran, script
 
 from dgaal_core.pool.reader import PoolReader
 from dgaal_core.pool.schema import Origin, State
 
-DGAAL = shutil.which("dgaal", path=str(Path(sys.executable).parent)) or "dgaal"
+pytestmark = pytest.mark.slow  # real rounds in child processes, kill -9 trials
+
 FAST = [
     "--gan-steps", "6", "--task-epochs", "1", "--task-min-steps", "0", "--budget", "40", "--quiet",
 ]  # fmt: skip
-# one intra-op thread: these models are tiny, and it keeps the tests steady on a busy machine
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-def dgaal(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([DGAAL, *args], capture_output=True, text=True, env=ENV, timeout=300)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"dgaal {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
-    return proc
+def dgaal(*args: str, check: bool = True) -> Ran:
+    return script(*args, check=check)
 
 
 @pytest.fixture
@@ -213,23 +208,40 @@ def test_a_second_round_on_the_same_pool_fails_at_once(pool):
         first.wait()
 
 
+def _generation(path: Path) -> int:
+    """The index's commit counter (readers never block the writer)."""
+    import h5py
+
+    with h5py.File(path, "r", locking=False) as f:
+        return int(f.attrs["generation"])
+
+
 def test_kill_9_at_random_moments_never_corrupts_the_pool(pool):
+    """Every other kill lands at a random moment; the others right after the round's first
+    commit, so the test always sees a round interrupted between its commits (not only kills
+    before anything was written)."""
     rng = np.random.default_rng(0)
-    finished_before = 0
-    for _trial in range(5):
+    finished_before, interrupted = 0, 0
+    for trial in range(4):
+        start = _generation(pool)
         proc = subprocess.Popen(
             [DGAAL, "round", "--pool", str(pool), *FAST],
             env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
-        try:
-            proc.wait(timeout=float(rng.uniform(2.0, 9.0)))
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        deadline = time.monotonic() + (120.0 if trial % 2 else float(rng.uniform(2.0, 9.0)))
+        while proc.poll() is None and time.monotonic() < deadline:
+            if trial % 2 and _generation(pool) > start:
+                break  # COMMIT A is in: kill before the round's last commit
+            time.sleep(0.01)
+        proc.kill()
         proc.wait()
         check_pool_invariants(pool)
+        with PoolReader(pool) as r:
+            interrupted += r.meta.get("pending_round") is not None
         finished = len(info(pool)["rounds"])
         assert finished >= finished_before
         finished_before = finished
+    assert interrupted >= 1, "no kill landed between a round's commits"
     # the next round finishes whatever was interrupted, then the pool is clean
     dgaal("round", "--pool", str(pool), *FAST)
     check_pool_invariants(pool)

@@ -14,16 +14,11 @@ from pools import class_images
 from typer.testing import CliRunner
 
 from cli.main import app
-from dgaal_core.experiment.runner import (
-    Experiment,
-    ExperimentConfig,
-    ExperimentError,
-    Schedule,
-    load_results,
-    parse_list,
-)
+from dgaal_core.experiment.config import ExperimentConfig, ExperimentError, Schedule, parse_list
+from dgaal_core.experiment.results import load_results as load_typed_results
+from dgaal_core.experiment.runner import Experiment
 from dgaal_core.loop import strategies
-from dgaal_core.loop.parts import RoundConfig
+from dgaal_core.loop.config import RoundConfig
 from dgaal_core.loop.selection import choose_initial
 from dgaal_core.pool.reader import PoolReader
 from dgaal_core.pool.schema import State
@@ -46,6 +41,11 @@ def tiny_pool(path: Path, n: int = 100, *, test: bool = True, truth: bool = True
     return path
 
 
+def load_results(path: Path) -> dict:
+    """``results.json`` as written (its documented format), through the reader."""
+    return load_typed_results(path).to_dict()
+
+
 def quiet(*_args: object) -> None:
     """A log that prints nothing."""
 
@@ -64,7 +64,7 @@ def finished(tmp_path_factory) -> tuple[Path, Path, dict]:
     tmp = tmp_path_factory.mktemp("exp")
     source = tiny_pool(tmp / "source.h5")
     out = tmp / "exp"
-    results = experiment(source, out).run()
+    results = experiment(source, out).run().to_dict()
     return source, out, results
 
 
@@ -115,6 +115,7 @@ def test_source_pool_needs_truth_and_a_test_split(tmp_path):
 
 
 # ---- a finished experiment --------------------------------------------------------------------
+@pytest.mark.slow
 def test_results_hold_every_run_and_round(finished):
     _source, out, results = finished
     assert load_results(out / "results.json") | {"updated": None} == results | {"updated": None}
@@ -161,32 +162,38 @@ def test_runs_share_the_seed_s_initial_set_and_leave_the_source_alone(finished):
         assert r.rounds() == [] and int(np.sum(r.states == State.LABELLED)) == 10
 
 
+@pytest.mark.slow
 def test_a_finished_experiment_runs_no_more_rounds(finished):
     source, out, results = finished
 
     def no_export(*_args):
         raise AssertionError("a finished experiment must not train again")
 
-    again = experiment(source, out, exporter=no_export).run()
+    again = experiment(source, out, exporter=no_export).run().to_dict()
     assert [r["rounds"] for r in again["runs"]] == [r["rounds"] for r in results["runs"]]
 
 
+@pytest.mark.slow
 def test_changed_settings_are_refused(finished):
     source, out, _ = finished
     with pytest.raises(ExperimentError, match="step 10 there, 5 asked"):
-        experiment(source, out, schedule=Schedule(20, 5, 40)).run()
+        experiment(source, out, schedule=Schedule(20, 5, 40)).run().to_dict()
     with pytest.raises(ExperimentError, match="task_epochs 1 there, 2 asked"):
-        experiment(source, out, round=dataclasses.replace(FAST, task_epochs=2)).run()
+        experiment(source, out, round=dataclasses.replace(FAST, task_epochs=2)).run().to_dict()
 
 
+@pytest.mark.slow
 def test_a_changed_strategy_default_is_refused(finished, monkeypatch):
     """The run records its resolved selection settings, so a new default cannot silently mix
     with runs made under the old one."""
     source, out, _ = finished
-    changed = {**strategies.SELECTION_DEFAULTS["dgaal"], "task_weight": 0.123}
-    monkeypatch.setitem(strategies.SELECTION_DEFAULTS, "dgaal", changed)
+    dgaal = strategies.STRATEGIES["dgaal"]
+    changed = dataclasses.replace(dgaal.defaults, task_weight=0.123)
+    monkeypatch.setitem(
+        strategies.STRATEGIES, "dgaal", dataclasses.replace(dgaal, defaults=changed)
+    )
     with pytest.raises(ExperimentError, match=r"selection .* there"):
-        experiment(source, out).run()
+        experiment(source, out).run().to_dict()
     with PoolReader(out / "runs" / "dgaal-seed0" / "pools.h5") as r:
         assert r.rounds()[-1]["selection"]["task_weight"] != 0.123
 
@@ -201,9 +208,9 @@ def crashing_exporter(crash_in_round: int):
     labels were committed: the round is left half done in the pool)."""
     real = onnx_exporter(provider="cpu")
 
-    def export(models, run, out_dir, round_no, pool):
-        served = real(models, run, out_dir, round_no, pool)
-        if round_no == crash_in_round:
+    def export(request):
+        served = real(request)
+        if request.round == crash_in_round:
 
             def boom(*_a):
                 raise _Crash("killed")
@@ -214,18 +221,19 @@ def crashing_exporter(crash_in_round: int):
     return export
 
 
+@pytest.mark.slow
 def test_an_interrupted_round_is_finished_on_resume(tmp_path):
     source = tiny_pool(tmp_path / "source.h5")
     out = tmp_path / "exp"
     with pytest.raises(_Crash):
-        experiment(source, out, crashing_exporter(2), strategies=("dgaal",)).run()
+        experiment(source, out, crashing_exporter(2), strategies=("dgaal",)).run().to_dict()
     pool = out / "runs" / "dgaal-seed0" / "pools.h5"
     with PoolReader(pool) as r:
         assert len(r.rounds()) == 1 and r.meta["pending_round"]["round"] == 2
     partial = load_results(out / "results.json")
     assert [x["round"] for x in partial["runs"][0]["rounds"]] == [0, 1]
     assert partial["runs"][0]["complete"] is False
-    results = experiment(source, out, strategies=("dgaal",)).run()
+    results = experiment(source, out, strategies=("dgaal",)).run().to_dict()
     rows = results["runs"][0]["rounds"]
     assert [r["labelled"] for r in rows] == [20, 30, 40]
     assert rows[2]["generated_added"] >= 1
@@ -233,18 +241,20 @@ def test_an_interrupted_round_is_finished_on_resume(tmp_path):
         assert r.meta.get("pending_round") is None
 
 
+@pytest.mark.slow
 def test_a_deleted_run_is_redone_and_until_can_be_extended(tmp_path):
     source = tiny_pool(tmp_path / "source.h5")
     out = tmp_path / "exp"
     short = Schedule(initial=20, step=10, until=30)
-    first = experiment(source, out, strategies=("random",), schedule=short).run()
+    first = experiment(source, out, strategies=("random",), schedule=short).run().to_dict()
     assert [r["labelled"] for r in first["runs"][0]["rounds"]] == [20, 30]
-    longer = experiment(source, out, strategies=("random",), schedule=SCHEDULE).run()
+    longer = experiment(source, out, strategies=("random",), schedule=SCHEDULE).run().to_dict()
     assert [r["labelled"] for r in longer["runs"][0]["rounds"]] == [20, 30, 40]
     assert longer["runs"][0]["rounds"][:2] == first["runs"][0]["rounds"]
 
 
 # ---- the command line ---------------------------------------------------------------------------
+@pytest.mark.slow
 def test_cli_experiment_with_counts_then_report(tmp_path):
     source = tiny_pool(tmp_path / "source.h5")
     out = tmp_path / "exp"
@@ -262,6 +272,7 @@ def test_cli_experiment_with_counts_then_report(tmp_path):
     assert bad.exit_code == 2 and "unknown strategy" in bad.output
 
 
+@pytest.mark.slow
 def test_cli_demo_quick_then_again_without_matplotlib(tmp_path, monkeypatch):
     args = ["demo", "--workdir", str(tmp_path / "demo"), "--quick", "--provider", "cpu"]
     res = CliRunner().invoke(app, args)

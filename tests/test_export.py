@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -9,12 +10,13 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from pools import random_pool
 
-from dgaal_core.loop.selection import choose_initial
+from dgaal_core.loop.workdir import CHECKPOINT_FILE, round_dir, work_dir
 from dgaal_core.model.config import config_hash, preset
 from dgaal_core.model.networks import build_models
+from dgaal_core.model.noise import noise_range, noise_scales
 from dgaal_core.pool.reader import PoolReader
-from dgaal_core.pool.writer import PoolBuilder
 from export import names
 from export.cascade import cascade_scores
 from export.errors import (
@@ -23,6 +25,7 @@ from export.errors import (
     ModelFileError,
     ModelMismatchError,
 )
+from export.metadata import update_metadata
 from export.onnx_export import (
     SamplerGraph,
     check_generator_parity,
@@ -33,21 +36,14 @@ from export.onnx_export import (
     fresh_generator,
 )
 from export.pipeline import ExportedModels, export_round, load_models, sample_pool_images
-from export.quantize import quantize_sampler_int8, selection_agreement, set_props
-from export.runtime import Generator as OrtGenerator
-from export.runtime import Sampler as OrtSampler
-from export.runtime import select_lowest
+from export.quantize import quantize_sampler_int8, selection_agreement
+from export.runtime import GeneratorSession, SamplerSession, select_lowest
 
 CLASSES = [str(i) for i in range(10)]
 
 
 def make_pool(path: Path, shape: tuple[int, int, int], n: int = 120, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    images = rng.integers(0, 256, (n, *shape), dtype=np.uint8)
-    with PoolBuilder(path, shape, CLASSES) as b:
-        b.add(images, truth=np.arange(n) % 10)
-        b.finish(labelled=choose_initial(b.truth, 0.1, rng))
-    return images
+    return random_pool(path, shape, n, seed, initial=0.1)
 
 
 def untrained(shape: tuple[int, int, int], name: str = "small", seed: int = 0) -> ExportedModels:
@@ -79,7 +75,7 @@ def test_export_matches_pytorch_for_presets_and_shapes(tmp_path, preset_name, sh
     assert report.generator_parity.max_pixel_diff <= 1
     assert sorted(p.name for p in tmp_path.iterdir()) == [names.GENERATOR_FILE, names.SAMPLER_FILE]
 
-    sampler, gen = OrtSampler(report.sampler, "cpu"), OrtGenerator(report.generator, "cpu")
+    sampler, gen = SamplerSession(report.sampler, "cpu"), GeneratorSession(report.generator, "cpu")
     scores, latents = sampler.score(images[:5])  # a batch size other than the export's
     assert scores.shape == (5,) and scores.dtype == np.float32
     assert latents.shape == (5, models.config.latent_dim)
@@ -131,13 +127,14 @@ def test_export_leaves_caller_models_untouched(tmp_path):
         assert torch.equal(v, before[k]), k
 
 
+@pytest.mark.slow
 def test_dynamo_exporter_also_passes_parity(tmp_path):
     models = untrained((8, 8, 1))
     p = export_sampler(
         models.g, models.d1, models.config, tmp_path / "s.onnx", images_of((8, 8, 1)), dynamo=True
     )
     assert p.score_max_abs_diff <= 1e-5 and p.same_selection
-    assert OrtSampler(tmp_path / "s.onnx", "cpu").info.kind == names.KIND_SAMPLER
+    assert SamplerSession(tmp_path / "s.onnx", "cpu").info.kind == names.KIND_SAMPLER
 
 
 def test_parity_failure_is_loud_and_removes_the_file(tmp_path):
@@ -159,7 +156,7 @@ def test_parity_failure_is_loud_and_removes_the_file(tmp_path):
     g2 = fresh_generator(models.g, models.config)
     with torch.no_grad():
         g2.g2.out.bias += 0.5
-    noise = g2.sample_noise_scales(torch.Generator().manual_seed(0))
+    noise = torch.from_numpy(noise_scales(0, g2.noise_channels, *noise_range()))
     with pytest.raises(ExportParityError, match="pixels differ"):
         check_generator_parity(gpath, GeneratorGraph(g2), images, noise)
     assert not gpath.exists()
@@ -189,7 +186,7 @@ def test_int8_accepted_and_refused_paths(tmp_path):
         report.sampler, tmp_path / "q.onnx", images, images, min_agreement=0.0
     )
     assert ok.accepted and ok.mode == "direct" and ok.path is not None and ok.path.exists()
-    s = OrtSampler(ok.path, "cpu")
+    s = SamplerSession(ok.path, "cpu")
     assert s.info.precision == "int8" and s.info.image_shape == (16, 16, 3)
     assert s.info.metadata[names.META_INT8_MODE] == "direct"
     assert json.loads(s.info.metadata[names.META_INT8_AGREEMENT])["n"] == ok.selected
@@ -217,13 +214,13 @@ def test_cascade_sampler_rescores_the_lowest_in_fp32(tmp_path):
         report.sampler, out / names.SAMPLER_INT8_FILE, images, images, min_agreement=0.0
     )
     assert q.path is not None
-    assert OrtSampler(q.path, "cpu").exact is None  # "direct": no rescoring
-    set_props(q.path, {names.META_INT8_MODE: "cascade", names.META_RESCORE_FRACTION: "0.25"})
-    cascade = OrtSampler(q.path, "cpu")  # the one way to open any sampler file
+    assert SamplerSession(q.path, "cpu").exact is None  # "direct": no rescoring
+    update_metadata(q.path, {names.META_INT8_MODE: "cascade", names.META_RESCORE_FRACTION: "0.25"})
+    cascade = SamplerSession(q.path, "cpu")  # the one way to open any sampler file
     assert cascade.exact is not None and cascade.rescore_fraction == 0.25
     res = cascade.score_pool(pool, return_latents=True)
-    fast = OrtSampler(q.path, "cpu", rescore=False).score_pool(pool, return_latents=True)
-    exact = OrtSampler(report.sampler, "cpu").score_pool(pool, return_latents=True)
+    fast = SamplerSession(q.path, "cpu", rescore=False).score_pool(pool, return_latents=True)
+    exact = SamplerSession(report.sampler, "cpu").score_pool(pool, return_latents=True)
     np.testing.assert_array_equal(res.ids, exact.ids)
     rescored = select_lowest(fast.ids, fast.scores, int(np.ceil(0.25 * fast.ids.size)))
     at = np.searchsorted(res.ids, rescored)
@@ -238,17 +235,19 @@ def test_cascade_sampler_rescores_the_lowest_in_fp32(tmp_path):
     s_mem, z_mem = cascade.score(some)
     assert s_mem.shape == (40,) and z_mem.shape[0] == 40
     low = np.sort(
-        select_lowest(np.arange(40), OrtSampler(q.path, "cpu", rescore=False).score(some)[0], 10)
+        select_lowest(
+            np.arange(40), SamplerSession(q.path, "cpu", rescore=False).score(some)[0], 10
+        )
     )
     np.testing.assert_allclose(
-        s_mem[low], OrtSampler(report.sampler, "cpu").score(some)[0][low], atol=1e-6
+        s_mem[low], SamplerSession(report.sampler, "cpu").score(some)[0][low], atol=1e-6
     )
     with pytest.raises(ModelFileError, match="nothing to rescore"):
-        OrtSampler(report.sampler, "cpu", rescore=True)
+        SamplerSession(report.sampler, "cpu", rescore=True)
     report.sampler.unlink()
     with pytest.raises(ModelFileError, match="needs fp32 rescoring"):
-        OrtSampler(q.path, "cpu")
-    assert OrtSampler(q.path, "cpu", rescore=False).exact is None  # raw int8 still opens
+        SamplerSession(q.path, "cpu")
+    assert SamplerSession(q.path, "cpu", rescore=False).exact is None  # raw int8 still opens
 
 
 def test_cascade_scores_recover_the_exact_selection():
@@ -273,15 +272,15 @@ def test_fp16_and_triton_repository(tmp_path):
         models, tmp_path / "out", images_of((8, 8, 1)), fp16=True, triton_dir=tmp_path / "triton"
     )
     assert [p.name for p in report.fp16] == [names.SAMPLER_FP16_FILE, names.GENERATOR_FP16_FILE]
-    assert OrtSampler(report.fp16[0], "cpu").info.precision == "fp16"
+    assert SamplerSession(report.fp16[0], "cpu").info.precision == "fp16"
     for model in (names.TRITON_SAMPLER, names.TRITON_GENERATOR):
         assert (tmp_path / "triton" / model / "1" / "model.onnx").is_file()
     cfg = (tmp_path / "triton" / names.TRITON_SAMPLER / "config.pbtxt").read_text()
     assert 'platform: "onnxruntime_onnx"' in cfg and "max_batch_size: 1024" in cfg
-    assert "dynamic_batching" in cfg and "dims: [ 8, 8, 1 ]" in cfg and "TYPE_UINT8" in cfg
+    assert "dynamic_batching" in cfg and "dims: [8, 8, 1]" in cfg and "TYPE_UINT8" in cfg
     gcfg = (tmp_path / "triton" / names.TRITON_GENERATOR / "config.pbtxt").read_text()
-    assert "max_batch_size: 0" in gcfg and "dims: [ -1, 8, 8, 1 ]" in gcfg
-    assert f"dims: [ {models.g.noise_channels} ]" in gcfg
+    assert "max_batch_size: 0" in gcfg and "dims: [-1, 8, 8, 1]" in gcfg
+    assert f"dims: [{models.g.noise_channels}]" in gcfg
 
 
 def test_load_models_from_round_checkpoint(tmp_path):
@@ -295,20 +294,20 @@ def test_load_models_from_round_checkpoint(tmp_path):
     trainer = DGAALTrainer.create(preset("small", (8, 8, 1), 10), device="cpu")
     with torch.no_grad():
         trainer.models.d1.net[0].bias += 1.0  # weights that differ from a fresh init
-    save_checkpoint(names.round_dir(pool, 2) / names.CHECKPOINT_FILE, trainer, round_index=2)
+    save_checkpoint(round_dir(work_dir(pool), 2) / CHECKPOINT_FILE, trainer, round_index=2)
     models = load_models(pool)
     assert models.round_index == 2
     assert torch.equal(models.d1.net[0].bias, trainer.models.d1.net[0].bias)
     with PoolReader(pool) as r:
         images = sample_pool_images(r, 32)
-    report = export_round(models, names.round_dir(pool, 2), images)
-    assert OrtSampler(report.sampler, "cpu").info.round == 2
+    report = export_round(models, round_dir(work_dir(pool), 2), images)
+    assert SamplerSession(report.sampler, "cpu").info.round == 2
     with pytest.raises(CheckpointNotFoundError):
         load_models(pool, round_index=7)
 
     other = tmp_path / "other.h5"
     make_pool(other, (8, 8, 3))
-    ckpt = names.round_dir(pool, 2) / names.CHECKPOINT_FILE
+    ckpt = round_dir(work_dir(pool), 2) / CHECKPOINT_FILE
     with pytest.raises(ModelMismatchError, match=r"\[8, 8, 1\] images"):
         load_models(other, checkpoint=ckpt)
 
@@ -330,3 +329,17 @@ def test_parametrizations_are_baked_into_plain_weights():
     assert not parametrize.is_parametrized(baked)
     with torch.no_grad():
         torch.testing.assert_close(baked(x), want)
+
+
+def test_the_generator_carries_the_noise_range_it_was_exported_with(tmp_path):
+    models = dataclasses.replace(untrained((8, 8, 1)), noise_spread=0.2)
+    report = export_round(models, tmp_path, images_of((8, 8, 1)))
+    gen = GeneratorSession(report.generator, "cpu")
+    assert gen.info.noise_range == pytest.approx((0.8, 1.2))
+    scales = gen.draw_noise_scales(3)
+    assert scales.min() >= 0.8 and scales.max() < 1.2 and (scales < 0.95).any()
+    np.testing.assert_array_equal(scales, noise_scales(3, gen.noise_channels, 0.8, 1.2))
+    paper = GeneratorSession(
+        export_round(untrained((8, 8, 1)), tmp_path / "p", images_of((8, 8, 1))).generator, "cpu"
+    )
+    assert paper.info.noise_range == pytest.approx((0.95, 1.05))  # the paper's, by default

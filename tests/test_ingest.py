@@ -281,7 +281,7 @@ def test_digits_split_is_stratified_and_seeded() -> None:
 def test_initial_fraction_count_and_stratification(tmp_path: Path) -> None:
     x = np.zeros((100, 2, 2), np.uint8)
     y = np.repeat([0, 1, 2, 3], [40, 30, 20, 10])
-    s = ingest.ArraySource("npz", "mem", list("abcd"), x[..., None], y)
+    s = ingest.MemorySource("npz", "mem", list("abcd"), x[..., None], y)
     r1 = ingest.create_pool(tmp_path / "f.h5", s, initial=0.1)
     with PoolReader(r1.path) as r:
         assert np.bincount(r.labels[r.labels >= 0]).tolist() == [4, 3, 2, 1]
@@ -299,7 +299,7 @@ def test_initial_fraction_count_and_stratification(tmp_path: Path) -> None:
 
 
 def test_no_truth_force_and_progress(tmp_path: Path) -> None:
-    s = ingest.ArraySource("npz", "mem", ["a", "b"], rgb(0, 12), np.arange(12) % 2)
+    s = ingest.MemorySource("npz", "mem", ["a", "b"], rgb(0, 12), np.arange(12) % 2)
     out = tmp_path / "p.h5"
     with pytest.raises(IngestError, match="use --initial 0"):
         ingest.create_pool(out, s, initial=2, keep_truth=False)

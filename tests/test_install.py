@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from pools import export_untrained, random_pool
 
-from export.runtime import Generator, Sampler
+from export.runtime import GeneratorSession, SamplerSession
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = ("pyproject.toml", "README.md", "dgaal_core", "export", "cli")
@@ -80,11 +80,11 @@ def test_base_install_scores_and_generates_like_the_full_install(base_venv, tmp_
     code = textwrap.dedent(
         f"""
         import numpy as np
-        from export.runtime import Generator, Sampler, select_lowest
-        s = Sampler({str(sampler_path)!r}, provider="cpu", threads=1)
+        from export.runtime import GeneratorSession, SamplerSession, select_lowest
+        s = SamplerSession({str(sampler_path)!r}, provider="cpu", threads=1)
         res = s.score_pool({str(pool)!r})
         mem, _ = s.score(np.load({str(tmp_path / "batch.npy")!r}))
-        g = Generator({str(generator_path)!r}, provider="cpu", threads=1)
+        g = GeneratorSession({str(generator_path)!r}, provider="cpu", threads=1)
         gen = g.generate_pool({str(pool)!r}, [4, 2, 9], g.draw_noise_scales(3))
         np.savez({str(tmp_path / "base.npz")!r}, ids=res.ids, scores=res.scores, mem=mem, gen=gen,
                  lowest=select_lowest(res.ids, res.scores, 20))
@@ -92,12 +92,12 @@ def test_base_install_scores_and_generates_like_the_full_install(base_venv, tmp_
     )
     _run([str(base_venv), "-c", code], cwd=tmp_path)  # not ROOT: the checkout must not be on path
     got = np.load(tmp_path / "base.npz")
-    s = Sampler(sampler_path, provider="cpu", threads=1)
+    s = SamplerSession(sampler_path, provider="cpu", threads=1)
     want = s.score_pool(pool)
     np.testing.assert_array_equal(got["ids"], want.ids)
     np.testing.assert_array_equal(got["scores"], want.scores)
     np.testing.assert_array_equal(got["mem"], s.score(batch)[0])
-    g = Generator(generator_path, provider="cpu", threads=1)
+    g = GeneratorSession(generator_path, provider="cpu", threads=1)
     np.testing.assert_array_equal(
         got["gen"], g.generate_pool(pool, [4, 2, 9], g.draw_noise_scales(3))
     )

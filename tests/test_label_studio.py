@@ -13,9 +13,6 @@ import base64
 import importlib.util
 import json
 import os
-import shutil
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -40,9 +37,7 @@ if not os.environ.get("CI") and importlib.util.find_spec("label_studio") is None
     )
 
 from label_studio_server import PASSWORD, USER, Server, start  # noqa: E402
-
-DGAAL = shutil.which("dgaal", path=str(Path(sys.executable).parent)) or "dgaal"
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+from pools import script  # noqa: E402
 
 
 @pytest.fixture
@@ -56,9 +51,7 @@ def server() -> Iterator[Server]:
 
 
 def dgaal(*args: str) -> str:
-    proc = subprocess.run([DGAAL, *args], capture_output=True, text=True, env=ENV, timeout=300)
-    assert proc.returncode == 0, f"dgaal {' '.join(args)}:\n{proc.stdout}\n{proc.stderr}"
-    return proc.stdout
+    return script(*args, check=True).stdout
 
 
 def _login(url: str):

@@ -28,6 +28,7 @@ from dgaal_core.model.networks import (
     build_task_model,
     unet_sizes,
 )
+from dgaal_core.model.noise import noise_range, noise_scales
 from dgaal_core.values import derive_seed
 
 SHAPES = [(8, 8, 1), (28, 28, 1), (32, 32, 3), (64, 64, 3), (28, 20, 3)]
@@ -135,17 +136,20 @@ def test_noise_head_is_a_fixed_buffer_in_range() -> None:
     assert not w.requires_grad and bool(((w >= NOISE_LOW) & (w <= NOISE_HIGH)).all())
 
 
-def test_noise_scales_come_from_the_passed_generator() -> None:
+def test_noise_scales_come_from_the_seed_in_the_range_asked() -> None:
     g = build_models(preset("small", (8, 8, 1), 10).model, seed=0).g.eval()
-    a = g.sample_noise_scales(torch.Generator().manual_seed(5))
-    b = g.sample_noise_scales(torch.Generator().manual_seed(5))
-    c = g.sample_noise_scales(torch.Generator().manual_seed(6))
-    assert a.shape == (g.noise_channels,) and torch.equal(a, b) and not torch.equal(a, c)
-    assert bool(((a >= NOISE_LOW) & (a < NOISE_HIGH)).all())
+    n = g.noise_channels
+    a = noise_scales(5, n, NOISE_LOW, NOISE_HIGH)
+    b = noise_scales(np.random.default_rng(5), n, NOISE_LOW, NOISE_HIGH)
+    c = noise_scales(6, n, NOISE_LOW, NOISE_HIGH)
+    assert a.shape == (n,) and a.dtype == np.float32 and np.array_equal(a, b)
+    assert not np.array_equal(a, c) and bool(((a >= NOISE_LOW) & (a < NOISE_HIGH)).all())
+    wide = noise_scales(5, n, *noise_range(0.2))
+    assert wide.min() < NOISE_LOW or wide.max() > NOISE_HIGH  # the spread reaches the draw
     x = _images((8, 8, 1))
     with torch.no_grad():
         assert torch.equal(g(x), g(x, g.g2.noise_weight))
-        assert not torch.equal(g(x, a), g(x, c))
+        assert not torch.equal(g(x, torch.from_numpy(a)), g(x, torch.from_numpy(c)))
 
 
 # --- seeding ---

@@ -173,7 +173,7 @@ def test_dgaal_label_imports_an_export_and_says_what_it_skipped(tmp_path, pool):
     path, _ = pool
     f = _write_json(tmp_path, [_ls_task(1, 10, "owl"), _ls_task(3, 12, None)])
     out = apply_answers(path, f)
-    assert out["answered"] == 1 and out["skipped"] == 1 and out["still_queried"] == 2
+    assert out.answered == 1 and out.skipped == 1 and out.still_queried == 2
     with PoolReader(path) as r:
         assert r.labels[10] == 2 and r.states[10] == State.LABELLED
         assert r.states[12] == State.QUERIED
@@ -182,7 +182,7 @@ def test_dgaal_label_imports_an_export_and_says_what_it_skipped(tmp_path, pool):
         tmp_path, [_ls_task(1, 10, "owl"), _ls_task(2, 11, "cat"), _ls_task(3, 12, "dog")]
     )
     out = apply_answers(path, f)
-    assert out["answered"] == 2 and out["already"] == 1 and out["still_queried"] == 0
+    assert out.answered == 2 and out.already == 1 and out.still_queried == 0
     # ... but a changed answer for an imported image is refused, and nothing is written
     f = _write_json(tmp_path, [_ls_task(1, 10, "cat")])
     with pytest.raises(DgaalError, match="id 10 was imported as 'owl', the export now says 'cat'"):

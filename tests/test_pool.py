@@ -14,6 +14,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from pools import random_pool
 
 from dgaal_core.errors import (
     PoolExistsError,
@@ -32,16 +33,8 @@ CLASSES = [str(i) for i in range(10)]
 
 
 def make_pool(path: Path, n: int = 300, shape=(8, 8, 1), test: int = 40, initial=0.1, seed=0):
-    rng = np.random.default_rng(seed)
-    images = rng.integers(0, 256, (n, *shape), dtype=np.uint8)
-    truth = np.arange(n) % 10
-    with PoolBuilder(path, shape, CLASSES) as b:
-        for i in range(0, n, 64):  # streamed in batches, as ingestion does
-            b.add(images[i : i + 64], truth=truth[i : i + 64])
-        if test:
-            b.add_test(images[:test], truth[:test])
-        b.finish(labelled=choose_initial(b.truth, initial, np.random.default_rng(seed)))
-    return images, truth
+    images = random_pool(path, shape, n, seed, initial=initial, test=test, batch=64)
+    return images, np.arange(n) % 10
 
 
 def test_schema_attrs_and_virtual_images_readable_by_plain_h5py(tmp_path):
@@ -288,6 +281,7 @@ def _check_consistent(path: Path, committed_before: int) -> int:
         return k
 
 
+@pytest.mark.slow
 def test_kill_9_during_updates_always_leaves_old_or_new_state(tmp_path):
     path = tmp_path / "p.h5"
     make_pool(path, initial=0)
@@ -356,6 +350,7 @@ def _seen(path: Path) -> tuple:
         return r.pool_id, r.summary(), r.read_images(np.arange(r.num_rows)), r.read_test()[0]
 
 
+@pytest.mark.slow
 def test_kill_9_during_create_force_keeps_the_old_pool_until_the_new_one_is_complete(tmp_path):
     new = np.random.default_rng(1).integers(0, 256, (100_000, 8, 8, 3), dtype=np.uint8)
     np.savez(tmp_path / "new.npz", x_train=new, y_train=np.arange(100_000) % 10)

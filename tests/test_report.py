@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -10,23 +12,22 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.main import app
+from dgaal_core.experiment.config import ExperimentError
+from dgaal_core.experiment.curves import accuracy_at_queries, aggregate, paired_differences
 from dgaal_core.experiment.plots import ReportError
-from dgaal_core.experiment.report import (
-    accuracy_at_queries,
-    aggregate,
-    headline,
-    paired_differences,
-    results_from_pool,
-    summary_markdown,
-    verdict,
-    write_report,
-)
-from dgaal_core.experiment.runner import ExperimentError
+from dgaal_core.experiment.report import headline, verdict, write_report
+from dgaal_core.experiment.results import Results, results_from_pool
+from dgaal_core.experiment.summary import summary_markdown
 from dgaal_core.loop.selection import choose_initial
 from dgaal_core.pool.schema import State
 from dgaal_core.pool.writer import PoolBuilder, PoolWriter
 
 PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def typed(raw: dict) -> Results:
+    """The results dict the tests edit, as the report reads it (results.json's format)."""
+    return Results.from_dict(raw)
 
 
 def run(strategy: str, seed: int, accs: list[float], free: list[int]) -> dict:
@@ -67,7 +68,7 @@ def results() -> dict:
 
 
 def test_aggregate_means_bands_and_cumulative_queries(results):
-    agg = aggregate(results)
+    agg = aggregate(typed(results))
     assert list(agg) == ["dgaal", "random"]
     last = agg["dgaal"][-1]
     assert last.round == 2 and last.seeds == 2 and last.ratio == pytest.approx(0.3)
@@ -80,7 +81,7 @@ def test_aggregate_means_bands_and_cumulative_queries(results):
 
 
 def test_summary_markdown_tables(results):
-    md = summary_markdown(results)
+    md = summary_markdown(typed(results))
     assert "| strategy | seeds | 10% | 20% | 30% |" in md
     assert "| dgaal | 2 | 55.0 ± 7.1 (0) | 75.0 ± 7.1 (9) | 85.0 ± 7.1 (16) |" in md
     assert "| random | 2 | 55.0 ± 7.1 (0) | 60.0 ± 0.0 (10) | 75.0 ± 7.1 (20) |" in md
@@ -91,23 +92,25 @@ def test_summary_markdown_tables(results):
 
 
 def test_paired_differences_compare_seed_by_seed(results):
-    diffs = paired_differences(results, "dgaal", "random")
+    diffs = paired_differences(typed(results), "dgaal", "random")
     assert list(diffs) == [1, 2]  # round 0 is the shared initial set
     assert diffs[1] == pytest.approx([0.1, 0.2]) and diffs[2] == pytest.approx([0.2, 0.0])
-    md = summary_markdown(results)
+    md = summary_markdown(typed(results))
     assert "## dgaal minus each other strategy, seed by seed" in md
     assert "| random | +15.0 ± 7.1 (2/2) | +10.0 ± 14.1 (2/2) |" in md
     results["runs"][2]["rounds"][2]["accuracy"] = 0.7  # seed 1: dgaal now 10 points behind
-    assert "| random | +15.0 ± 7.1 (2/2) | +5.0 ± 21.2 (1/2) |" in summary_markdown(results)
+    assert "| random | +15.0 ± 7.1 (2/2) | +5.0 ± 21.2 (1/2) |" in summary_markdown(typed(results))
 
 
 def test_headline_compares_with_random(results):
-    text = headline(aggregate(results))
+    text = headline(aggregate(typed(results)))
     assert text.startswith("dgaal reached 85.0% test accuracy with 16 oracle queries")
     assert "random reached 75.0% with 20 queries and never got to 85.0%" in text
     results["runs"][1]["rounds"][2]["accuracy"] = 0.9  # random now ends at 95% (mean)
     results["runs"][3]["rounds"][2]["accuracy"] = 1.0
-    text = headline(aggregate(results))  # 85% lies 5/7 of the way from 60% (10 q) to 95% (20 q)
+    text = headline(
+        aggregate(typed(results))
+    )  # 85% lies 5/7 of the way from 60% (10 q) to 95% (20 q)
     assert "random needed 17 queries for that accuracy and reached 95.0% with 20." in text
 
 
@@ -135,7 +138,7 @@ def selection_pool(path: Path) -> Path:
 
 def test_write_report_files_are_pngs_and_markdown(results, tmp_path):
     pool = selection_pool(tmp_path / "p.h5")
-    files = write_report(results, tmp_path / "report", pool=pool)
+    files = write_report(typed(results), tmp_path / "report", pool=pool)
     names = sorted(f.name for f in files)
     assert names == ["accuracy.png", "accuracy_vs_queries.png", "oracle_queries.png",
                      "selection.png", "summary.md"]  # fmt: skip
@@ -145,15 +148,15 @@ def test_write_report_files_are_pngs_and_markdown(results, tmp_path):
         if f.suffix == ".png":
             assert data.startswith(PNG)
     with pytest.raises(ReportError, match="no round 7"):
-        write_report(results, tmp_path / "r2", pool=pool, round_no=7)
-    write_report(results, tmp_path / "r3", band="sd")  # no pool found: no contact sheet
+        write_report(typed(results), tmp_path / "r2", pool=pool, round_no=7)
+    write_report(typed(results), tmp_path / "r3", band="sd")  # no pool found: no contact sheet
     assert not (tmp_path / "r3" / "selection.png").exists()
 
 
 def test_report_from_a_pool_round_log(tmp_path):
     pool = selection_pool(tmp_path / "p.h5")
     res = results_from_pool(pool)
-    assert res["runs"][0]["strategy"] == "dgaal" and len(res["runs"][0]["rounds"]) == 1
+    assert res.runs[0].strategy == "dgaal" and len(res.runs[0].rows) == 1
     cli = CliRunner().invoke(app, ["report", "--pool", str(pool), "--out", str(tmp_path / "r")])
     assert cli.exit_code == 0, cli.output
     assert (tmp_path / "r" / "selection.png").read_bytes().startswith(PNG)
@@ -178,17 +181,40 @@ def test_report_errors_are_one_line(tmp_path):
 def test_missing_matplotlib_names_the_extra(results, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
     with pytest.raises(ReportError, match=r"pip install 'dgaal\[report\]'"):
-        write_report(results, tmp_path / "r")
+        write_report(typed(results), tmp_path / "r")
 
 
 def test_verdict_says_whether_the_seeds_resolve_the_gap(results):
-    text = verdict(results)  # seed 0: +15 points over rounds 1-2, seed 1: +10
+    text = verdict(typed(results))  # seed 0: +15 points over rounds 1-2, seed 1: +10
     assert text.startswith("Seed by seed, dgaal minus random averaged over the rounds: +12.5")
     assert "2 seed(s) cannot separate this from T's own noise" in text
     for seed, gain in ((2, [0.1, 0.1]), (3, [0.2, 0.1])):  # two more seeds, dgaal ahead on all
         results["runs"].append(run("dgaal", seed, [0.5, 0.6 + gain[0], 0.7 + gain[1]], [0, 0]))
         results["runs"].append(run("random", seed, [0.5, 0.6, 0.7], [0, 0]))
-    assert "dgaal is ahead of random beyond the noise of 4 seeds" in verdict(results)
+    assert "dgaal is ahead of random beyond the noise of 4 seeds" in verdict(typed(results))
     results["runs"][-2]["rounds"][2]["accuracy"] = 0.2  # seed 3 now 15 points behind on average
-    assert "within the noise: 4 seeds do not resolve this gap" in verdict(results)
-    assert verdict(results, baseline="entropy") == ""  # nothing to compare with
+    assert "within the noise: 4 seeds do not resolve this gap" in verdict(typed(results))
+    assert verdict(typed(results), baseline="entropy") == ""  # nothing to compare with
+
+
+def test_report_of_results_needs_neither_torch_nor_onnx(results, tmp_path):
+    """``dgaal report --results`` runs on the base install plus the report extra."""
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(results))
+    code = (
+        "import sys\n"
+        "for m in ('torch', 'onnx', 'onnxruntime', 'sklearn'):\n"
+        "    sys.modules[m] = None  # importing them now fails\n"
+        "from cli.main import app\n"
+        "try:\n"
+        "    app(['report', '--results', sys.argv[1], '--out', sys.argv[2]])\n"
+        "except SystemExit as e:\n"
+        "    assert e.code in (0, None), e.code\n"
+    )
+    out = tmp_path / "r"
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(path), str(out)],
+        capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parents[1],
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert (out / "summary.md").is_file() and (out / "accuracy.png").read_bytes().startswith(PNG)

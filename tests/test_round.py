@@ -9,9 +9,11 @@ import pytest
 from pools import class_images
 
 from dgaal_core.errors import EmptyPoolError, PoolExhaustedError
-from dgaal_core.loop.parts import RoundConfig
-from dgaal_core.loop.round import Round
+from dgaal_core.loop.config import RoundConfig
+from dgaal_core.loop.oracle import apply_answers
+from dgaal_core.loop.round import AwaitingLabels, Round
 from dgaal_core.loop.selection import choose_initial
+from dgaal_core.loop.state import RoundRecord
 from dgaal_core.pool.reader import PoolReader
 from dgaal_core.pool.schema import Origin, State
 from dgaal_core.pool.writer import PoolBuilder, PoolWriter
@@ -31,10 +33,11 @@ def tiny_pool(path: Path, n: int = 120, seed: int = 0) -> np.ndarray:
 
 
 def run_round(path: Path, **kw) -> dict:
+    """One round; its record as the pool stores it."""
     cfg = RoundConfig(**{"budget": 10, **FAST, **kw})
-    return Round(
-        path, cfg, onnx_exporter(provider="cpu"), progress=False, log=lambda *_: None
-    ).run()
+    record = Round(path, cfg, onnx_exporter(provider="cpu"), log=lambda *_: None).run()
+    assert isinstance(record, RoundRecord), record
+    return record.to_dict()
 
 
 @pytest.mark.parametrize(
@@ -174,3 +177,30 @@ def test_a_round_that_takes_every_candidate_still_completes(tmp_path):
     assert rec["candidates"] == 6  # only the new x_g: co-evolution had nothing to learn on
     rec = run_round(path, strategy="dgaal", budget=6)  # and the next round picks them for free
     assert rec["free_labels"] == 6 and rec["oracle_queries"] == 0
+
+
+def test_a_round_waiting_for_answers_then_resumed_says_which_options_it_ignores(tmp_path):
+    path = tmp_path / "p.h5"
+    tiny_pool(path)
+    said: list[str] = []
+
+    def round_of(**kw):
+        cfg = RoundConfig(**{**FAST, **kw})
+        return Round(path, cfg, onnx_exporter(provider="cpu"), log=said.append).run()
+
+    first = round_of(budget=6, oracle="human")
+    assert isinstance(first, AwaitingLabels) and first.new and first.queried == 6
+    again = round_of(budget=6, oracle="human")  # too early: the same state, not new
+    assert isinstance(again, AwaitingLabels) and not again.new and "waiting for 6" in again.message
+    with PoolReader(path) as r:
+        ids = r.ids(State.QUERIED)
+        truth = r.read_truth(ids)
+    (tmp_path / "a.csv").write_text(
+        "id,label\n" + "".join(f"{i},{t}\n" for i, t in zip(ids, truth, strict=True))
+    )
+    apply_answers(path, tmp_path / "a.csv")
+    record = round_of(budget=9, strategy="random")  # finishes round 1 with its own settings
+    assert isinstance(record, RoundRecord) and record.strategy == "dgaal"
+    assert len(record.selected) == 6 and record.oracle == "human"
+    note = next(m for m in said if m.startswith("resuming round 1"))
+    assert "--budget 9" in note and "--strategy random" in note and "next round" in note

@@ -17,7 +17,7 @@ from dgaal_core.pool.reader import PoolReader
 from dgaal_core.pool.schema import State
 from export import names
 from export.errors import ModelFileError, ModelMismatchError, ProviderError
-from export.runtime import Generator, Sampler, parse_state, select_lowest
+from export.runtime import GeneratorSession, SamplerSession, parse_state, select_lowest
 from export.sessions import cuda_device_count, physical_cores, resolve_provider
 
 SHAPE = (8, 8, 1)
@@ -41,12 +41,12 @@ def test_runtime_imports_and_scores_without_torch(env):
         f"""
         import sys
         sys.modules["torch"] = None  # any `import torch` now raises ImportError
-        from export.runtime import Generator, Sampler, select_lowest
+        from export.runtime import GeneratorSession, SamplerSession, select_lowest
         import export.sessions, export.names, export.errors, export.triton, export.cascade
         import cli.score_cmd, cli.generate_cmd  # the serving commands run without torch too
-        s = Sampler({str(sampler_path)!r}, provider="cpu")
+        s = SamplerSession({str(sampler_path)!r}, provider="cpu")
         r = s.score_pool({str(pool)!r})
-        g = Generator({str(generator_path)!r}, provider="cpu")
+        g = GeneratorSession({str(generator_path)!r}, provider="cpu")
         out = g.generate_pool({str(pool)!r}, [1, 2], g.draw_noise_scales(0))
         assert out.shape == (2, 8, 8, 1)
         print(r.ids.size, select_lowest(r.ids, r.scores, 3).tolist())
@@ -61,7 +61,7 @@ def test_runtime_imports_and_scores_without_torch(env):
 
 def test_score_pool_streams_candidates_and_matches_direct_scoring(env):
     pool, images, sampler_path, _ = env
-    s = Sampler(sampler_path, provider="cpu")
+    s = SamplerSession(sampler_path, provider="cpu")
     calls = []
     res = s.score_pool(pool, batch_size=64, progress=lambda d, t: calls.append((d, t)))
     with PoolReader(pool) as r:
@@ -96,7 +96,7 @@ def test_select_lowest_is_deterministic_with_ties_by_id():
 
 def test_generator_noise_scales_and_generation(env):
     pool, images, _, generator_path = env
-    g = Generator(generator_path, provider="cpu")
+    g = GeneratorSession(generator_path, provider="cpu")
     a, b = g.draw_noise_scales(7), g.draw_noise_scales(np.random.default_rng(7))
     np.testing.assert_array_equal(a, b)
     assert a.dtype == np.float32 and a.shape == (g.noise_channels,)
@@ -111,9 +111,24 @@ def test_generator_noise_scales_and_generation(env):
         g.generate(images[:2], a[:-1])
 
 
+def test_physical_cores_count_smt_siblings_once(monkeypatch):
+    import export.sessions as sessions
+
+    # 2 sockets x 2 cores x 2 hyper-threads; this process may run on CPUs 0-5
+    cpus = [{"processor": str(i), "physical id": str(i // 4), "core id": str(i // 2 % 2)}
+            for i in range(8)]  # fmt: skip
+    monkeypatch.setattr(sessions, "_processors", lambda: tuple(cpus))
+    monkeypatch.setattr(sessions.os, "sched_getaffinity", lambda _pid: set(range(6)), raising=False)
+    assert physical_cores() == 3  # cores (0,0), (0,1), (1,0)
+    monkeypatch.setattr(sessions, "_processors", lambda: ())  # no /proc/cpuinfo: logical CPUs
+    assert physical_cores() == 6
+    cpus[0] = {"processor": "x", "core id": "0"}  # garbage: the logical count
+    monkeypatch.setattr(sessions, "_processors", lambda: tuple(cpus))
+    assert physical_cores() == 6
+
+
 def test_providers_and_threads():
     assert resolve_provider("cpu") == "cpu"
-    assert physical_cores() >= 1
     with pytest.raises(ProviderError, match="expected one of"):
         resolve_provider("tpu")
     if cuda_device_count() == 0:
@@ -144,39 +159,39 @@ def _plain_onnx(path: Path) -> None:
 def test_bad_model_files(env, tmp_path):
     _, _, sampler_path, generator_path = env
     with pytest.raises(ModelFileError, match="no such file"):
-        Sampler(tmp_path / "missing.onnx")
+        SamplerSession(tmp_path / "missing.onnx")
     with pytest.raises(ModelFileError, match="is a directory"):
-        Sampler(tmp_path)
+        SamplerSession(tmp_path)
     (tmp_path / "notes.onnx").write_text("not a model")
     with pytest.raises(ModelFileError, match="not a loadable ONNX model"):
-        Sampler(tmp_path / "notes.onnx")
+        SamplerSession(tmp_path / "notes.onnx")
     _plain_onnx(tmp_path / "plain.onnx")
     with pytest.raises(ModelFileError, match="without dgaal metadata"):
-        Sampler(tmp_path / "plain.onnx")
+        SamplerSession(tmp_path / "plain.onnx")
     with pytest.raises(ModelFileError, match="a dgaal generator model, expected a sampler"):
-        Sampler(generator_path)
+        SamplerSession(generator_path)
     with pytest.raises(ModelFileError, match="expected a generator"):
-        Generator(sampler_path)
+        GeneratorSession(sampler_path)
     model = onnx.load(str(sampler_path))
     for p in model.metadata_props:
         if p.key == names.META_FORMAT:
             p.value = "99"
     onnx.save(model, str(tmp_path / "future.onnx"))
     with pytest.raises(ModelFileError, match="format 99"):
-        Sampler(tmp_path / "future.onnx")
+        SamplerSession(tmp_path / "future.onnx")
 
 
 def test_model_pool_mismatch(env, tmp_path):
     _, _, sampler_path, generator_path = env
     make_pool(tmp_path / "rgb.h5", shape=(8, 8, 3), n=20)
     make_pool(tmp_path / "big.h5", shape=(16, 16, 1), n=20)
-    s = Sampler(sampler_path, provider="cpu")
+    s = SamplerSession(sampler_path, provider="cpu")
     with pytest.raises(ModelMismatchError, match=r"1 channel\(s\), pool has 3"):
         s.score_pool(tmp_path / "rgb.h5")
     with pytest.raises(ModelMismatchError, match="8x8, pool has 16x16"):
         s.score_pool(tmp_path / "big.h5")
     with pytest.raises(ModelMismatchError):
-        Generator(generator_path, provider="cpu").generate_pool(
+        GeneratorSession(generator_path, provider="cpu").generate_pool(
             tmp_path / "rgb.h5", [0], np.ones(1)
         )
     with pytest.raises(ModelMismatchError, match="expected uint8"):
@@ -200,18 +215,18 @@ def test_auto_falls_back_to_cpu_when_cuda_provider_cannot_load(env, monkeypatch)
     if sessions.CUDA_EP not in ort.get_available_providers():  # a CPU-only onnxruntime build
         monkeypatch.setattr(ort, "get_available_providers", lambda: [sessions.CUDA_EP, "CPU"])
     with pytest.warns(RuntimeWarning, match="running on the CPU"):
-        s = Sampler(sampler_path, provider="auto")
+        s = SamplerSession(sampler_path, provider="auto")
     assert s.provider == "cpu" and not s.io_binding
-    want, _ = Sampler(sampler_path, provider="cpu").score(images[:50])
+    want, _ = SamplerSession(sampler_path, provider="cpu").score(images[:50])
     np.testing.assert_array_equal(s.score(images[:50])[0], want)
     with pytest.warns(RuntimeWarning, match="no device 3"):
-        assert Generator(generator_path, provider="auto", device_id=3).provider == "cpu"
+        assert GeneratorSession(generator_path, provider="auto", device_id=3).provider == "cpu"
     with pytest.raises(ProviderError, match="CUDA execution provider failed to load"):
-        Sampler(sampler_path, provider="cuda")
+        SamplerSession(sampler_path, provider="cuda")
     with pytest.raises(ProviderError, match="no device 3"):
-        Sampler(sampler_path, provider="cuda", device_id=3)
+        SamplerSession(sampler_path, provider="cuda", device_id=3)
     with pytest.raises(ProviderError, match="device_id"):
-        Sampler(sampler_path, provider="cpu", device_id=-1)
+        SamplerSession(sampler_path, provider="cpu", device_id=-1)
 
 
 def test_caller_session_options_and_no_import_side_effects(env):
@@ -220,10 +235,10 @@ def test_caller_session_options_and_no_import_side_effects(env):
     _, images, sampler_path, _ = env
     so = ort.SessionOptions()
     so.intra_op_num_threads = 1
-    s = Sampler(sampler_path, provider="cpu", options=so)
+    s = SamplerSession(sampler_path, provider="cpu", options=so)
     assert s.session.get_session_options().intra_op_num_threads == 1
     np.testing.assert_array_equal(
-        s.score(images[:20])[0], Sampler(sampler_path, provider="cpu").score(images[:20])[0]
+        s.score(images[:20])[0], SamplerSession(sampler_path, provider="cpu").score(images[:20])[0]
     )
     code = textwrap.dedent(
         """

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from pools import export_untrained, random_pool
 
-from export.runtime import Sampler, select_lowest
+from export.runtime import SamplerSession, select_lowest
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVICE = ROOT / "examples" / "score_service.py"
@@ -80,7 +80,7 @@ def service(tmp_path_factory):
 
 def test_service_scores_like_the_runtime(service):
     base, images, sampler_path = service
-    want, _ = Sampler(sampler_path, provider="cpu", threads=1).score(images[:60])
+    want, _ = SamplerSession(sampler_path, provider="cpu", threads=1).score(images[:60])
     status, got = post(base + "/score?lowest=5", npy(images[:60]))
     assert status == 200, got
     np.testing.assert_array_equal(np.asarray(got["scores"], np.float32), want)

@@ -94,7 +94,7 @@ def test_task_step_reaches_every_parameter() -> None:
 def test_noise_head_never_changes(pools: tuple[ArraySource, ArraySource]) -> None:
     trainer = DGAALTrainer.create(small_run(), "cpu")
     before = trainer.models.g.g2.noise_weight.clone()
-    trainer.train_gan(*pools, steps=5, progress=False)
+    trainer.train_gan(*pools, steps=5)
     assert torch.equal(before, trainer.models.g.g2.noise_weight)
     assert not trainer.models.g.g2.noise_weight.requires_grad
 
@@ -110,12 +110,13 @@ def _reconstruction_mse(trainer: DGAALTrainer, x: torch.Tensor) -> float:
     return mse
 
 
+@pytest.mark.slow
 def test_algorithm1_lowers_reconstruction_error(pools: tuple[ArraySource, ArraySource]) -> None:
     # the paper's lambda = 0.1 with Eq. 5 in pixel values (see the losses module's notes)
     trainer = DGAALTrainer.create(small_run(), "cpu")
     x = to_model_input(blobs(64, 9))
     before = _reconstruction_mse(trainer, x)
-    history = trainer.train_gan(*pools, steps=150, progress=False)
+    history = trainer.train_gan(*pools, steps=150)
     after = _reconstruction_mse(trainer, x)
     assert after < before / 3, (before, after)
     assert set(history) >= {"g1", "d1", "g", "g_adv", "pmse", "d2"}
@@ -127,7 +128,7 @@ def test_d1_learns_an_easy_labelled_unlabelled_split() -> None:
     # does it; D1 is probed as the sampler uses it, G1 and D1 in eval mode on unseen images.
     bright, dark = ArraySource(blobs(64, 4, offset=0.6)), ArraySource(blobs(64, 5))
     trainer = DGAALTrainer.create(small_run(), "cpu")
-    trainer.train_gan(bright, dark, steps=25, progress=False)
+    trainer.train_gan(bright, dark, steps=25)
     trainer.co_evolve_d1(bright, dark, steps=40)
     g, d1 = trainer.models.g.eval(), trainer.models.d1.eval()
     with torch.no_grad():
@@ -194,22 +195,22 @@ def _flatten(tree: object, prefix: str = "") -> dict[str, object]:
 
 def test_same_seed_same_training(pools: tuple[ArraySource, ArraySource]) -> None:
     a, b = DGAALTrainer.create(small_run(), "cpu"), DGAALTrainer.create(small_run(), "cpu")
-    a.train_gan(*pools, steps=4, progress=False)
-    b.train_gan(*pools, steps=4, progress=False)
+    a.train_gan(*pools, steps=4)
+    b.train_gan(*pools, steps=4)
     _states_equal(a, b)
     c = DGAALTrainer.create(small_run(seed=1), "cpu")
-    c.train_gan(*pools, steps=4, progress=False)
+    c.train_gan(*pools, steps=4)
     assert not torch.equal(a.models.g.g2.out.weight, c.models.g.g2.out.weight)
 
 
 def test_resume_is_bit_exact(tmp_path: Path, pools: tuple[ArraySource, ArraySource]) -> None:
     global_state = torch.get_rng_state()
     straight = DGAALTrainer.create(small_run(), "cpu")
-    straight.train_gan(*pools, steps=6, progress=False)
+    straight.train_gan(*pools, steps=6)
     straight.co_evolve_d1(*pools, steps=2)
 
     first = DGAALTrainer.create(small_run(), "cpu")
-    first.train_gan(*pools, steps=3, progress=False)
+    first.train_gan(*pools, steps=3)
     task = build_task_model(first.model_config, 0)
     path = save_checkpoint(tmp_path / "round-1" / "checkpoint.pt", first, task=task, round_index=1)
     assert [p.name for p in path.parent.iterdir()] == ["checkpoint.pt"]  # no temp file left
@@ -218,7 +219,7 @@ def test_resume_is_bit_exact(tmp_path: Path, pools: tuple[ArraySource, ArraySour
     assert raw["round"] == 1 and any(k.endswith("_u") for k in raw["models"]["d2"])
     resumed = trainer_from_checkpoint(load_checkpoint(path), device="cpu")
     assert resumed.step == 3
-    resumed.train_gan(*pools, steps=3, progress=False)
+    resumed.train_gan(*pools, steps=3)
     resumed.co_evolve_d1(*pools, steps=2)
     _states_equal(straight, resumed)
     assert torch.equal(global_state, torch.get_rng_state())
@@ -232,7 +233,7 @@ def test_warm_start_keeps_weights_but_takes_fresh_streams(
     tmp_path: Path, pools: tuple[ArraySource, ArraySource]
 ) -> None:
     trainer = DGAALTrainer.create(small_run(), "cpu")
-    trainer.train_gan(*pools, steps=2, progress=False)
+    trainer.train_gan(*pools, steps=2)
     path = save_checkpoint(tmp_path / "c.pt", trainer)
     warm = trainer_from_checkpoint(
         load_checkpoint(path), train_config=small_run(seed=7).train, rng=False
@@ -265,7 +266,7 @@ def test_empty_pools_are_refused(pools: tuple[ArraySource, ArraySource]) -> None
     trainer = DGAALTrainer.create(small_run(), "cpu")
     empty = ArraySource(np.zeros((0, 8, 8, 1), np.uint8))
     with pytest.raises(EmptyPoolError, match="0 labelled"):
-        trainer.train_gan(empty, pools[1], steps=1, progress=False)
+        trainer.train_gan(empty, pools[1], steps=1)
 
 
 def test_union_sampling_and_augmentation_are_seeded() -> None:
@@ -333,5 +334,5 @@ def test_x_r_comes_from_the_real_source_when_one_is_given(
 
     real = Counting(blobs(20, 9))
     trainer = DGAALTrainer.create(small_run(), "cpu")
-    trainer.train_gan(*pools, steps=3, real=real, progress=False)
+    trainer.train_gan(*pools, steps=3, real=real)
     assert asked == [trainer.config.batch_size] * 3  # one x_r batch per iteration

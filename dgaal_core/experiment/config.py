@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 
 from dgaal_core.errors import DgaalError
-from dgaal_core.loop.parts import RoundConfig
-from dgaal_core.loop.strategies import strategy_spec
+from dgaal_core.loop.config import RoundConfig
+from dgaal_core.loop.strategies import strategy
 from dgaal_core.values import check_seed, check_size, size_of
 
 PAPER_STRATEGIES = ("dgaal", "dgaal-paper", "vaal", "vaal-coevo", "random")
@@ -95,7 +95,7 @@ class ExperimentConfig:
             raise ExperimentError("an experiment needs at least one strategy and one seed")
         for name in self.strategies:
             try:
-                strategy_spec(name)
+                strategy(name)
             except ValueError as e:
                 raise ExperimentError(str(e)) from None
         for seq, what in ((self.strategies, "strategies"), (self.seeds, "seeds")):

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from dgaal_core.errors import DgaalError
+from dgaal_core.experiment.results import Results
+from dgaal_core.loop.state import round_records
 from dgaal_core.pictures import contact_sheet
 from dgaal_core.pool.reader import PoolReader
 from dgaal_core.pool.schema import Origin
@@ -23,7 +25,7 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-    from dgaal_core.experiment.report import Point
+    from dgaal_core.experiment.curves import Point
 
 DPI = 150
 SHEET_MAX = 100  # the paper shows 100 of the selected images
@@ -66,12 +68,12 @@ def _label(strategy: str) -> str:
     return LABELS.get(strategy, strategy)
 
 
-def dataset_title(results: dict[str, Any]) -> str:
-    """A short description for titles: ``"digits, 1438 images, 3 seeds"``."""
-    seeds = {r.get("seed") for r in results["runs"]}
+def dataset_title(results: Results) -> str:
+    """A short description for titles: ``"1438 training images, 3 seeds"``."""
+    seeds = {r.seed for r in results.runs}
     parts = []
-    if results.get("real_images"):
-        parts.append(f"{results['real_images']} training images")
+    if results.real_images:
+        parts.append(f"{results.real_images} training images")
     parts.append(f"{len(seeds)} seed{'s' if len(seeds) != 1 else ''}")
     return ", ".join(parts)
 
@@ -202,15 +204,15 @@ def plot_selection(pool: Path, path: Path, *, round_no: int | None = None) -> Pa
     """Contact sheet of round ``round_no``'s selection (default: the last round) in ``pool``,
     generated images framed in red (the paper's Fig. 4). None when the pool has no rounds."""
     with PoolReader(pool) as r:
-        rounds = r.rounds()
+        rounds = round_records(r)
         if not rounds:
             return None
-        by_no = {int(x["round"]): x for x in rounds}
+        by_no = {x.round: x for x in rounds}
         n = max(by_no) if round_no is None else round_no
         if n not in by_no:
             raise ReportError(f"{pool}: no round {n}; it has rounds {min(by_no)}..{max(by_no)}")
         record = by_no[n]
-        ids = np.asarray(record["selected"], dtype=np.int64)
+        ids = np.asarray(record.selected, dtype=np.int64)
         rng = np.random.default_rng(n)  # a fixed, mixed sample like the paper's
         ids = rng.permutation(ids)[:SHEET_MAX]
         images = r.read_images(ids)
@@ -230,8 +232,8 @@ def plot_selection(pool: Path, path: Path, *, round_no: int | None = None) -> Pa
     ax.imshow(np.asarray(sheet), interpolation="nearest")
     ax.set_axis_off()
     ax.set_title(
-        f"Round {n} selection ({record['strategy']}): {len(record['selected'])} images, "
-        f"{record['oracle_queries']} oracle queries, {record['free_labels']} free labels\n"
+        f"Round {n} selection ({record.strategy}): {len(record.selected)} images, "
+        f"{record.oracle_queries} oracle queries, {record.free_labels} free labels\n"
         f"{int(generated.sum())} of the {len(ids)} shown are generated (red frames); "
         "captions: labels",
         fontsize=9,

@@ -4,8 +4,8 @@ Imports numpy, h5py and PIL only (never torch).
 """
 
 from dgaal_core.ingest.create import (
-    ArraySource,
     IngestResult,
+    MemorySource,
     Source,
     class_names_from,
     create_pool,
@@ -16,6 +16,13 @@ from dgaal_core.ingest.create import (
 )
 
 __all__ = [
-    "ArraySource", "IngestResult", "Source", "class_names_from", "create_pool", "load_digits",
-    "open_folder", "open_npz", "open_source",
+    "IngestResult",
+    "MemorySource",
+    "Source",
+    "class_names_from",
+    "create_pool",
+    "load_digits",
+    "open_folder",
+    "open_npz",
+    "open_source",
 ]  # fmt: skip

@@ -1,7 +1,7 @@
 """Data ingestion: make a new pool from an image folder, a keras-style ``.npz`` or sklearn's digits.
 
 A :class:`Source` yields uint8 ``[n, H, W, C]`` batches with their labels; :func:`create_pool`
-streams them into a :class:`~dgaal_core.pool_writer.PoolBuilder`, so memory stays bounded by the
+streams them into a :class:`~dgaal_core.pool.writer.PoolBuilder`, so memory stays bounded by the
 batch size (a folder of a million files needs its list of paths, never its images, in RAM).
 
 The labels of the source become the pool's hidden ``truth`` (read only by the simulated oracle);
@@ -10,9 +10,9 @@ only the ``initial`` share is revealed. Every problem a user can cause raises
 line naming the file or field, and leaves no pool and no shard behind (the builder discards its
 shards when an exception leaves its ``with`` block).
 
-Folder scanning and decoding live in :mod:`.ingest_folder`, the ``.npz`` and digits checks in
-:mod:`.ingest_arrays`. Imports numpy, PIL, h5py and (for the digits only, lazily) scikit-learn;
-never torch.
+Folder scanning and decoding live in :mod:`dgaal_core.ingest.folder`, the ``.npz`` and digits
+checks in :mod:`dgaal_core.ingest.arrays`. Imports numpy, PIL, h5py and (for the digits only,
+lazily) scikit-learn; never torch.
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ class Source(ABC):
 
 
 # ------------------------------------------------------------------------------------------------
-class ArraySource(Source):
+class MemorySource(Source):
     """A source held in memory as arrays (``.npz`` files, the digits)."""
 
     def __init__(
@@ -118,7 +118,7 @@ class ArraySource(Source):
 
 
 class FolderSource(Source):
-    """Image files decoded on a thread pool, batch by batch (see :mod:`.ingest_folder`)."""
+    """Image files decoded on a thread pool, batch by batch (:mod:`dgaal_core.ingest.folder`)."""
 
     kind = "folder"
 
@@ -196,19 +196,19 @@ def open_folder(
     return FolderSource(layout, ref, workers)
 
 
-def open_npz(path: str | Path, class_names: Sequence[str] | None = None) -> ArraySource:
+def open_npz(path: str | Path, class_names: Sequence[str] | None = None) -> MemorySource:
     """A keras-style ``.npz`` (``x_train``, ``y_train``, optional ``x_test``, ``y_test``).
 
     Class names default to ``"0".."K-1"`` with K = largest label + 1. Never loads pickles.
     """
     d = read_npz(Path(path), class_names)
-    return ArraySource("npz", str(path), d.class_names, d.x_train, d.y_train, d.x_test, d.y_test)
+    return MemorySource("npz", str(path), d.class_names, d.x_train, d.y_train, d.x_test, d.y_test)
 
 
-def load_digits(seed: int = 0, test_fraction: float = 0.2) -> ArraySource:
+def load_digits(seed: int = 0, test_fraction: float = 0.2) -> MemorySource:
     """scikit-learn's bundled 8x8 digits as uint8 [N, 8, 8, 1], with a stratified test split."""
     d = digits(seed, test_fraction)
-    return ArraySource(
+    return MemorySource(
         "digits",
         "sklearn.datasets.load_digits",
         d.class_names,

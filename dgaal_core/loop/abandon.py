@@ -1,10 +1,10 @@
 """``dgaal round --abandon``: roll back a round that has not committed its labels.
 
-What can be rolled back (see the phases in :mod:`dgaal_core.round`):
+What can be rolled back (see the phases in :mod:`dgaal_core.loop.round`):
 
 - a round that stopped before COMMIT A (a crash or an error while training, exporting or
   scoring): the pool holds nothing of it; only its round folder is put aside;
-- a round waiting for a person's answers (``phase = "awaiting_labels"``): its queried rows go
+- a round waiting for a person's answers (phase ``awaiting_labels``): its queried rows go
   back among the candidates (answers already imported with ``dgaal label`` are discarded), the
   generated rows it picked for free become candidates again, and the pending record is cleared.
 
@@ -19,14 +19,17 @@ first, so a crash in between leaves a clean pool and a folder that the next roun
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from dgaal_core.errors import DgaalError
+from dgaal_core.loop.state import Phase, pending_round, set_pending
+from dgaal_core.loop.workdir import round_dir, work_dir
 from dgaal_core.pool.reader import PoolReader
-from dgaal_core.pool.schema import Origin, State, round_dir, work_dir
+from dgaal_core.pool.schema import State
 from dgaal_core.pool.writer import PoolWriter
 
 
@@ -47,13 +50,21 @@ def _aside(folder: Path) -> Path | None:
     return target
 
 
-def abandon_round(pool_path: Path, workdir: Path | None = None) -> dict[str, Any]:
-    """Roll back the pool's unfinished round (see the module docstring).
+@dataclass(frozen=True)
+class Abandoned:
+    """What ``dgaal round --abandon`` undid."""
 
-    Returns ``{"round", "phase", "requeued", "answers_discarded", "free_undone", "folder"}``;
-    ``phase`` is ``None`` when the round had written nothing to the pool. Raises
-    :class:`AbandonError` when there is nothing to abandon or the labels are committed.
-    """
+    round: int
+    phase: Phase | None  # None: the round had written nothing to the pool
+    requeued: int = 0  # queried rows that are candidates again
+    answers_discarded: int = 0  # answers imported for them, dropped
+    free_undone: int = 0  # generated picks (free labels) that are candidates again
+    folder: Path | None = None  # where the round's folder was put aside
+
+
+def abandon_round(pool_path: Path, workdir: Path | None = None) -> Abandoned:
+    """Roll back the pool's unfinished round (see the module docstring). Raises
+    :class:`AbandonError` when there is nothing to abandon or the labels are committed."""
     pool_path = Path(pool_path)
     workdir = Path(workdir) if workdir is not None else work_dir(pool_path)
     if workdir.exists() and not workdir.is_dir():
@@ -61,35 +72,30 @@ def abandon_round(pool_path: Path, workdir: Path | None = None) -> dict[str, Any
     with PoolWriter(pool_path, purpose="dgaal round --abandon") as w:
         with PoolReader(pool_path) as r:
             n = len(r.rounds()) + 1
-            pending = r.meta.get("pending_round")
+            pending = pending_round(r)
             origin = r.fields["origin"]
         rdir = round_dir(workdir, n)
-        out: dict[str, Any] = {"round": n, "phase": None, "requeued": 0}
-        out |= {"answers_discarded": 0, "free_undone": 0}
-        if pending and int(pending["round"]) == n:
-            phase = str(pending["phase"])
-            if phase != "awaiting_labels":
+        done = Abandoned(n, None)
+        if pending is not None and pending.round == n:
+            if pending.phase is not Phase.AWAITING_LABELS:
                 raise AbandonError(
-                    f"round {n} of {pool_path} has committed its labels (phase '{phase}') and "
-                    "cannot be abandoned; run `dgaal round` to finish it"
+                    f"round {n} of {pool_path} has committed its labels (phase "
+                    f"'{pending.phase.value}') and cannot be abandoned; run `dgaal round` to "
+                    "finish it"
                 )
-            selected = np.asarray(pending["selected"], dtype=np.int64)
+            selected = np.asarray(pending.selected, dtype=np.int64)
             state = w.field("state")
-            if "queried" in pending:
-                asked = np.asarray(pending["queried"], dtype=np.int64)
-            else:  # recorded before "queried" was: real picks were asked, generated ones free
-                asked = selected[origin[selected] == Origin.REAL]
+            asked = pending.asked(origin)  # generated picks were free
             free = np.setdiff1d(selected, asked)
-            out["answers_discarded"] = int(np.sum(state[asked] == State.LABELLED))
+            discarded = int(np.sum(state[asked] == State.LABELLED))
             w.set_state(selected, State.UNLABELLED, round_no=-1)
             w.forget_labels(asked)  # a free pick keeps its inherited label, as a candidate
-            w.update_meta(pending_round=None)
+            set_pending(w, None)
             w.commit()
-            out |= {"phase": phase, "requeued": int(asked.size), "free_undone": int(free.size)}
+            done = Abandoned(n, pending.phase, int(asked.size), discarded, int(free.size))
         elif not rdir.exists():
             raise AbandonError(
                 f"{pool_path} has no unfinished round to abandon "
                 f"({n - 1} rounds finished, no {rdir})"
             )
-    out["folder"] = None if (moved := _aside(rdir)) is None else str(moved)
-    return out
+    return dataclasses.replace(done, folder=_aside(rdir))

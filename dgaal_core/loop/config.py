@@ -1,7 +1,7 @@
 """What one ``dgaal round`` does: :class:`RoundConfig`, stored with every round record.
 
-Imports no torch (only the torch-free :mod:`.config` and :mod:`.strategies`), so the command
-line can check a round's settings in one line before it loads torch.
+Imports no torch (only the torch-free model configuration and strategy registry), so the
+command line can check a round's settings in one line before it loads torch.
 """
 
 from __future__ import annotations
@@ -12,9 +12,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from dgaal_core.errors import ConfigError
-from dgaal_core.loop.strategies import strategy_spec
+from dgaal_core.loop.strategies import SelectionSettings, Strategy, strategy
 from dgaal_core.model.config import RunConfig, preset
 from dgaal_core.values import check_seed, check_size, size_of
+
+# Fields of earlier versions that did nothing (scoring batches come from the provider):
+# accepted in stored records, and dropped.
+REMOVED_FIELDS = ("score_batch",)
 
 
 @dataclass(frozen=True)
@@ -34,9 +38,8 @@ class RoundConfig:
     coevolve_steps: int | None = None
     depth_limit: int = 2  # generated images of this depth are not used as parents again
     augment_ratio: float = 0.0  # section 4.3.2: share of x_g that goes straight to labelled
-    score_batch: int = 512
     # Selection settings of the D1 strategies; None takes the strategy's default
-    # (strategies.SELECTION_DEFAULTS): dgaal-paper is the literal N lowest D1 scores.
+    # (its ``defaults``): dgaal-paper is the literal N lowest D1 scores.
     shortlist: float | None = None  # k: spread the N picks over the k*N lowest (k-center, z)
     task_weight: float | None = None  # weight of T's entropy rank fused with D1's rank
     generated_cap: float | None = None  # most share of generated images among a round's picks
@@ -47,7 +50,7 @@ class RoundConfig:
     take_all: bool = False  # a budget above the candidates left takes them all (else refused)
 
     def __post_init__(self) -> None:
-        strategy_spec(self.strategy)  # ValueError on an unknown name
+        strategy(self.strategy)  # ConfigError (a ValueError) on an unknown name
         check_seed(self.seed)
         if self.oracle not in ("auto", "simulated", "human"):
             raise ConfigError(f"oracle must be auto, simulated or human, got {self.oracle!r}")
@@ -56,31 +59,27 @@ class RoundConfig:
             raise ConfigError(f"augment_ratio must lie in [0, 1], got {self.augment_ratio}")
         if self.depth_limit < 1:
             raise ConfigError(f"depth_limit must be >= 1, got {self.depth_limit}")
-        checks = (
-            ("shortlist", lambda v: v >= 1, "a number >= 1"),
-            ("task_weight", lambda v: 0 <= v <= 1, "a number in [0, 1]"),
-            ("generated_cap", lambda v: 0 <= v <= 1, "a number in [0, 1]"),
-        )
-        for name, ok, expected in checks:
-            value = getattr(self, name)
-            if value is not None and not (math.isfinite(value) and ok(value)):
-                raise ConfigError(f"{name} must be {expected}, got {value}")
+        self.selection()  # the selection settings: ConfigError when out of range
         if not (math.isfinite(self.noise_spread) and 0 <= self.noise_spread < 1):
             raise ConfigError(f"noise_spread must lie in [0, 1), got {self.noise_spread}")
 
-    def selection(self) -> dict[str, float]:
+    @property
+    def strategy_object(self) -> Strategy:
+        """The :class:`~dgaal_core.loop.strategies.Strategy` this round selects with."""
+        return strategy(self.strategy)
+
+    def selection(self) -> SelectionSettings:
         """Shortlist factor, task weight and generated cap: explicit values over the strategy's
         defaults."""
-        out = strategy_spec(self.strategy).selection_defaults
-        for name in out:
-            if getattr(self, name) is not None:
-                out[name] = float(getattr(self, name))
-        return out
+        return self.strategy_object.defaults.with_overrides(
+            shortlist=self.shortlist, task_weight=self.task_weight, generated_cap=self.generated_cap
+        )
 
     def retrains_gan(self) -> bool:
         """Whether Algorithm 1 runs every round (else once, in the first round)."""
-        spec = strategy_spec(self.strategy)
-        return spec.retrain_gan if self.retrain_gan is None else bool(self.retrain_gan)
+        if self.retrain_gan is None:
+            return self.strategy_object.retrain_gan
+        return bool(self.retrain_gan)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict."""
@@ -89,7 +88,12 @@ class RoundConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RoundConfig:
         """Inverse of :meth:`to_dict` (a record of an older version lacks the newer fields,
-        which then take their defaults)."""
+        which then take their defaults; the :data:`REMOVED_FIELDS` it has are dropped)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        data = {k: v for k, v in data.items() if k not in REMOVED_FIELDS}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ConfigError(f"RoundConfig: unknown field(s) {unknown}")
         return cls(**data)
 
     def run_config(self, image_shape: tuple[int, int, int], num_classes: int) -> RunConfig:

@@ -20,7 +20,7 @@ from xml.sax.saxutils import quoteattr
 
 import numpy as np
 
-from dgaal_core.errors import DgaalError
+from dgaal_core.errors import AnswersError
 
 # The <Choices> and <Image> names of the config: Label Studio's JSON-MIN and CSV exports name
 # the answer's column after FROM_NAME, and predictions must use both to pre-select a choice.
@@ -31,10 +31,6 @@ ID_FIELD = "dgaal_id"
 # An export is parsed whole; inline images make it a few KB per task, so this bounds memory
 # without refusing any real export of a pool that fits on one machine.
 MAX_EXPORT_BYTES = 2 << 30
-
-
-class ExportError(DgaalError):
-    """A Label Studio export for ``dgaal label`` is invalid (one line says where and why)."""
 
 
 def label_config(class_names: Sequence[str]) -> str:
@@ -59,7 +55,7 @@ def png_data_uri(png: bytes) -> str:
 
 
 def make_task(
-    pool_id: int,
+    row: int,
     image: str,
     *,
     round_no: int,
@@ -73,7 +69,7 @@ def make_task(
     ``image`` is a data URI or a URL Label Studio can open. ``d1_score`` (lower = picked first)
     lands in ``data`` so the Data Manager can show and sort by it.
     """
-    data: dict[str, Any] = {"image": image, ID_FIELD: pool_id, "dgaal_round": round_no}
+    data: dict[str, Any] = {"image": image, ID_FIELD: row, "dgaal_round": round_no}
     if pool is not None:
         data["dgaal_pool"] = pool
     if d1_score is not None:
@@ -102,7 +98,7 @@ def make_task(
 class Vote:
     """One annotation (or a task without one) from an export: ``label`` None means no answer."""
 
-    pool_id: int
+    row: int  # the pool row (``data.dgaal_id``)
     label: str | None
     where: str
     round_no: int | None = None
@@ -135,7 +131,7 @@ def is_export(path: Path) -> bool:
 
 def _int(raw: Any, where: str, what: str) -> int:
     if isinstance(raw, bool):
-        raise ExportError(f"{where}: {what} {raw!r} is not an integer")
+        raise AnswersError(f"{where}: {what} {raw!r} is not an integer")
     if isinstance(raw, int):
         return raw
     if isinstance(raw, float) and raw.is_integer():
@@ -143,7 +139,7 @@ def _int(raw: Any, where: str, what: str) -> int:
     try:
         return int(str(raw).strip())
     except ValueError:
-        raise ExportError(f"{where}: {what} {raw!r} is not an integer") from None
+        raise AnswersError(f"{where}: {what} {raw!r} is not an integer") from None
 
 
 def _choice(value: Any, where: str) -> str | None:
@@ -154,7 +150,7 @@ def _choice(value: Any, where: str) -> str | None:
         value = value.get("choices", [])
     if isinstance(value, list):
         if len(value) > 1:
-            raise ExportError(f"{where}: {len(value)} choices {value!r}; expected one class")
+            raise AnswersError(f"{where}: {len(value)} choices {value!r}; expected one class")
         return str(value[0]) if value else None
     return str(value)
 
@@ -164,11 +160,11 @@ def _json_votes(tasks: list[Any], path: Path) -> Iterator[Vote]:
     suggestions) are never answers; cancelled (skipped) annotations are no answer."""
     for k, task in enumerate(tasks):
         if not isinstance(task, dict) or not isinstance(task.get("data"), dict):
-            raise ExportError(f"{path}: item {k} is not a Label Studio task (no 'data')")
+            raise AnswersError(f"{path}: item {k} is not a Label Studio task (no 'data')")
         data, ls_id = task["data"], task.get("id", "?")
         where = f"{path}: task {ls_id}"
         if ID_FIELD not in data:
-            raise ExportError(f"{where} has no data.{ID_FIELD}: not a task dgaal wrote")
+            raise AnswersError(f"{where} has no data.{ID_FIELD}: not a task dgaal wrote")
         pid = _int(data[ID_FIELD], where, ID_FIELD)
         rnd, pool = data.get("dgaal_round"), data.get("dgaal_pool")
         round_no = None if rnd is None else _int(rnd, where, "dgaal_round")
@@ -176,7 +172,7 @@ def _json_votes(tasks: list[Any], path: Path) -> Iterator[Vote]:
         answered = False
         for ann in task.get("annotations") or []:
             if not isinstance(ann, dict):
-                raise ExportError(f"{where}: an annotation is not a JSON object")
+                raise AnswersError(f"{where}: an annotation is not a JSON object")
             if ann.get("was_cancelled"):
                 continue
             at = f"{where} (annotation {ann.get('id', '?')})"
@@ -184,7 +180,7 @@ def _json_votes(tasks: list[Any], path: Path) -> Iterator[Vote]:
             # dgaal's <Choices name="label">; a project with its own config may name it otherwise
             picks = [r for r in choices if r.get("from_name") == FROM_NAME] or choices
             if len(picks) > 1:
-                raise ExportError(f"{at}: {len(picks)} choice fields; expected one class")
+                raise AnswersError(f"{at}: {len(picks)} choice fields; expected one class")
             if not picks:
                 continue
             label = _choice(picks[0].get("value", {}), at)
@@ -201,7 +197,7 @@ def _flat_votes(rows: list[dict[str, Any]], where_of: Any) -> Iterator[Vote]:
     for k, row in enumerate(rows):
         where = where_of(k)
         if not isinstance(row, dict) or ID_FIELD not in row:
-            raise ExportError(f"{where}: no '{ID_FIELD}': not a task dgaal wrote")
+            raise AnswersError(f"{where}: no '{ID_FIELD}': not a task dgaal wrote")
         pid = _int(row[ID_FIELD], where, ID_FIELD)
         rnd, pool = row.get("dgaal_round"), row.get("dgaal_pool")
         yield Vote(
@@ -216,16 +212,16 @@ def _flat_votes(rows: list[dict[str, Any]], where_of: Any) -> Iterator[Vote]:
 def read_votes(path: Path) -> list[Vote]:
     """Every answer (and every unanswered task) of a Label Studio export, in file order."""
     if not path.is_file():
-        raise ExportError(f"{path}: no such export file")
+        raise AnswersError(f"{path}: no such export file")
     if (size := path.stat().st_size) > MAX_EXPORT_BYTES:
-        raise ExportError(f"{path}: {size} bytes, too large for a Label Studio export")
+        raise AnswersError(f"{path}: {size} bytes, too large for a Label Studio export")
     if path.suffix.lower() == ".json":
         try:
             items = json.loads(path.read_text(encoding="utf-8-sig"))
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ExportError(f"{path}: not a JSON export ({e})") from None
+            raise AnswersError(f"{path}: not a JSON export ({e})") from None
         if not isinstance(items, list):
-            raise ExportError(f"{path}: expected a JSON list of tasks (Label Studio's export)")
+            raise AnswersError(f"{path}: expected a JSON list of tasks (Label Studio's export)")
         if items and isinstance(items[0], dict) and "data" in items[0]:
             return list(_json_votes(items, path))
         _check_answer_column(items, path)  # JSON-MIN
@@ -235,9 +231,9 @@ def read_votes(path: Path) -> list[Vote]:
         with open(path, newline="", encoding="utf-8-sig") as fh:
             rows = list(csv.DictReader(fh, delimiter=delimiter))
     except UnicodeDecodeError:
-        raise ExportError(f"{path}: not UTF-8 text") from None
+        raise AnswersError(f"{path}: not UTF-8 text") from None
     except csv.Error as e:
-        raise ExportError(f"{path}: not a readable CSV ({e})") from None
+        raise AnswersError(f"{path}: not a readable CSV ({e})") from None
     _check_answer_column(rows, path)
     return list(_flat_votes(rows, lambda k: f"{path}:{k + 2}"))
 
@@ -249,7 +245,7 @@ def _check_answer_column(rows: list[Any], path: Path) -> None:
         r for r in rows if isinstance(r, dict) and r.get("annotation_id") not in (None, "")
     ]
     if annotated and not any(FROM_NAME in r for r in annotated):
-        raise ExportError(
+        raise AnswersError(
             f"{path}: annotations but no '{FROM_NAME}' column; the project's <Choices> must be "
             f"named '{FROM_NAME}' as in dgaal's label_config.xml (or export as JSON)"
         )

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from dgaal_core.errors import DgaalError
+from dgaal_core.errors import AnswersError
 from dgaal_core.loop.label_studio import (
     ExportAnswers,
     Vote,
@@ -29,13 +30,10 @@ from dgaal_core.loop.label_studio import (
     read_votes,
 )
 from dgaal_core.loop.label_studio import is_export as is_label_studio_export
+from dgaal_core.loop.state import Phase, pending_round, set_pending
 from dgaal_core.pool.reader import PoolReader
 from dgaal_core.pool.schema import State
 from dgaal_core.pool.writer import PoolWriter
-
-
-class AnswersError(DgaalError):
-    """An answers file for ``dgaal label`` is invalid (one line says which row and why)."""
 
 
 def simulated_answers(reader: PoolReader, ids: np.ndarray) -> np.ndarray:
@@ -217,14 +215,14 @@ def read_export(path: Path, reader: PoolReader, round_no: int) -> ExportAnswers:
         if v.round_no is not None and int(v.round_no) != round_no:
             other += 1
             continue
-        if not 0 <= v.pool_id < reader.num_rows:
+        if not 0 <= v.row < reader.num_rows:
             raise AnswersError(
-                f"{v.where}: id {v.pool_id} is not in the pool (0..{reader.num_rows - 1})"
+                f"{v.where}: id {v.row} is not in the pool (0..{reader.num_rows - 1})"
             )
         if v.label is None:
-            unanswered.add(v.pool_id)
+            unanswered.add(v.row)
         else:
-            by_id.setdefault(v.pool_id, []).append((_parse_label(v.label, names, v.where), v.where))
+            by_id.setdefault(v.row, []).append((_parse_label(v.label, names, v.where), v.where))
     _export_conflicts(by_id, names)
     ids, labels, already = [], [], 0
     for pid, votes_of in by_id.items():
@@ -257,7 +255,19 @@ def read_export(path: Path, reader: PoolReader, round_no: int) -> ExportAnswers:
     )
 
 
-def apply_answers(pool_path: Path, answers: Path) -> dict[str, int]:
+@dataclass(frozen=True)
+class ImportedAnswers:
+    """What ``dgaal label`` did."""
+
+    round: int
+    answered: int  # answers written now
+    still_queried: int  # rows still waiting for one
+    skipped: int = 0  # Label Studio tasks skipped or not annotated
+    other_rounds: int = 0  # tasks of other rounds in the same project, ignored
+    already: int = 0  # answers imported before with the same label
+
+
+def apply_answers(pool_path: Path, answers: Path) -> ImportedAnswers:
     """``dgaal label``: import a person's answers for queried rows of the pending round.
 
     ``answers`` is the filled-in ``queries.csv`` (any CSV with ``id`` and ``label``) or a Label
@@ -267,9 +277,9 @@ def apply_answers(pool_path: Path, answers: Path) -> dict[str, int]:
     """
     answers = Path(answers)
     with PoolWriter(pool_path, purpose="dgaal label") as w, PoolReader(pool_path) as r:
-        pending = r.meta.get("pending_round") or {}
-        n = int(pending.get("round", len(r.rounds()) + 1))
-        extra = {"skipped": 0, "other_rounds": 0, "already": 0}
+        pending = pending_round(r)
+        n = pending.round if pending is not None else len(r.rounds()) + 1
+        extra: dict[str, int] = {}
         if answers.is_file() and is_label_studio_export(answers):
             got = read_export(answers, r, n)
             ids, labels = got.ids, got.labels
@@ -284,7 +294,7 @@ def apply_answers(pool_path: Path, answers: Path) -> dict[str, int]:
             w.set_labels(ids, labels)
             w.set_state(ids, State.LABELLED, round_no=n)
         left = int(np.sum(w.field("state") == State.QUERIED))
-        if pending and left == 0:
-            w.update_meta(pending_round={**pending, "phase": "selected"})
+        if pending is not None and left == 0:
+            set_pending(w, pending.moved(Phase.SELECTED))
         w.commit()
-    return {"answered": int(ids.size), "still_queried": left, "round": n, **extra}
+    return ImportedAnswers(n, int(ids.size), left, **extra)

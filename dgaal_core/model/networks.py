@@ -1,8 +1,9 @@
 """The DGAAL networks: G = G1 + G2 (U-Net generator), D1 (latent MLP), D2 (critic), T (classifier).
 
 All models are tensor-in/tensor-out on float NCHW images in [-1, 1] (see
-:func:`dgaal_core.data.to_model_input`). No Python control flow depends on tensor values, and every
-size is fixed at construction from the configured image shape, so G and G1 + D1 export to ONNX.
+:func:`dgaal_core.model.data.to_model_input`). No Python control flow depends on tensor values,
+and every size is fixed at construction from the configured image shape, so G and G1 + D1
+export to ONNX.
 
 Readings of the paper (sections 3.1-3.2) that needed a choice, and why:
 
@@ -20,10 +21,10 @@ Readings of the paper (sections 3.1-3.2) that needed a choice, and why:
   full CxC 1x1 convolution with weights near 1 would sum channels and destroy the image, so we read
   it as a per-channel (depthwise) 1x1 convolution, i.e. a scale per bottleneck channel applied
   first in G2. The scales are a buffer drawn at initialisation (used in training) and never train;
-  each generation call passes fresh scales drawn from a ``torch.Generator``
-  (:meth:`Generator.sample_noise_scales`), as an explicit tensor input that ONNX keeps as a graph
-  input. The full-resolution skips bypass the bottleneck, so there the head barely moves x_g
-  (mean |x_g - x_s| 0.025 whatever the spread, ``benchmarks/generation_balance.py``);
+  each generation call passes fresh scales (:func:`dgaal_core.model.noise.noise_scales`), as an
+  explicit tensor input that ONNX keeps as a graph input. The full-resolution skips bypass the
+  bottleneck, so there the head barely moves x_g (mean |x_g - x_s| 0.025 whatever the spread,
+  ``benchmarks/generation_balance.py``);
   ``ModelConfig.noise_skips`` also scales each skip's c_i channels by the first c_i scales.
 - **Normalisation.** Batch norm in G (pix2pix-style U-Net); per-sample norms (group/instance)
   would remove a global brightness offset, which both reconstruction and D1 need. Training feeds
@@ -51,9 +52,10 @@ from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 from dgaal_core.model.config import ModelConfig
+from dgaal_core.model.noise import noise_range
 from dgaal_core.values import derive_seed
 
-NOISE_LOW, NOISE_HIGH = 0.95, 1.05
+NOISE_LOW, NOISE_HIGH = noise_range()  # the initial (training) scales: the paper's range
 
 Size = tuple[int, int]
 
@@ -173,7 +175,7 @@ class Decoder(nn.Module):
         return torch.tanh(self.out(h))  # (B, C, H, W)
 
 
-class Generator(nn.Module):
+class UNetGenerator(nn.Module):
     """G: U-Net image -> image of the same shape; ``g1`` is the encoder, ``g2`` the rest."""
 
     def __init__(self, cfg: ModelConfig) -> None:
@@ -189,12 +191,6 @@ class Generator(nn.Module):
     def noise_channels(self) -> int:
         """Number of bottleneck channels the noise head scales."""
         return int(self.g2.noise_weight.numel())
-
-    def sample_noise_scales(self, generator: torch.Generator) -> torch.Tensor:
-        """Fresh noise-head scales, uniform in [0.95, 1.05), drawn from ``generator``."""
-        u = torch.rand(self.noise_channels, generator=generator, device=generator.device)
-        scales = NOISE_LOW + (NOISE_HIGH - NOISE_LOW) * u  # (c_b,)
-        return scales.to(self.g2.noise_weight.device)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """G1 only: images (B, C, H, W) -> latent z (B, z_dim)."""
@@ -318,7 +314,7 @@ class SmallCNN(ConvClassifier):
 class Models:
     """The four networks of one DGAAL run."""
 
-    g: Generator
+    g: UNetGenerator
     d1: LatentDiscriminator
     d2: Critic
     task: ConvClassifier
@@ -353,7 +349,7 @@ def build_task_model(cfg: ModelConfig, seed: int) -> ConvClassifier:
 def build_models(cfg: ModelConfig, seed: int) -> Models:
     """G, D1, D2 and T on CPU, each initialised from its own stream derived from ``seed``."""
     with _seeded(derive_seed(seed, "g")):
-        g = Generator(cfg)
+        g = UNetGenerator(cfg)
     with _seeded(derive_seed(seed, "d1")):
         d1 = LatentDiscriminator(cfg.latent_dim, cfg.d1_hidden)
     with _seeded(derive_seed(seed, "d2")):

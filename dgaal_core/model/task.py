@@ -1,11 +1,11 @@
 """Training and evaluating the task model T (Algorithm 2, lines 17-18).
 
 T learns from the labelled pool only: uint8 NHWC images with labels, read through a
-:class:`~dgaal_core.data.DataSource`, lightly augmented (random crop with padding, plus horizontal
-flip for RGB), with AdamW (lr alpha_5, betas (0.9, 0.99), weight decay) under a warm-up + cosine
-schedule, for a step budget that grows with the labelled set (see :func:`train_task`). By default
-the round rebuilds T from scratch (``TrainConfig.retrain_task_from_scratch``) with
-:func:`dgaal_core.models.build_task_model`.
+:class:`~dgaal_core.model.data.DataSource`, lightly augmented (random crop with padding, plus
+horizontal flip for RGB), with AdamW (lr alpha_5, betas (0.9, 0.99), weight decay) under a
+warm-up + cosine schedule, for a step budget that grows with the labelled set (see
+:func:`train_task`). The round rebuilds T from scratch every round with
+:func:`dgaal_core.model.networks.build_task_model`.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ from dgaal_core.errors import EmptyPoolError
 from dgaal_core.model import losses
 from dgaal_core.model.config import TrainConfig
 from dgaal_core.model.data import DataSource, augment, epoch_batches, to_model_input
-from dgaal_core.model.training import History, autocast, loss_bar, resolve_device
+from dgaal_core.model.training import History, autocast, resolve_device
+from dgaal_core.progress import Progress, silent
 
 
 def _labels(labels: np.ndarray | None, device: torch.device) -> torch.Tensor:
@@ -94,7 +95,8 @@ def train_task(
     epochs: int | None = None,
     steps: int | None = None,
     device: str | torch.device | None = None,
-    progress: bool = False,
+    progress: Progress | None = None,
+    stage: str = "Task model",
 ) -> History:
     """Train ``model`` (in place) on ``source`` by a step budget.
 
@@ -135,25 +137,25 @@ def train_task(
         return out
 
     current = 0
-    with loss_bar(progress, "Task model", steps) as update:
-        for step, (epoch, (images, labels)) in zip(
-            range(steps), _batches(source, config.batch_size, rng), strict=False
-        ):
-            if epoch != current:
-                close_pass()
-                current = epoch
-            if config.augment:
-                images = augment(images, rng)
-            x, y = to_model_input(images, dev), _labels(labels, dev)
-            loss, logits = task_step(model, opt, x, y, amp=config.amp)
-            sched.step()
-            if ema is not None:
-                ema.update_parameters(model)
-            sums["loss"] += float(loss) * len(y)
-            sums["correct"] += int((logits.argmax(1) == y).sum())
-            sums["seen"] += len(y)
-            update({"loss": float(loss), "step": step + 1})
-        close_pass()
+    report = progress or silent
+    for step, (epoch, (images, labels)) in zip(
+        range(steps), _batches(source, config.batch_size, rng), strict=False
+    ):
+        if epoch != current:
+            close_pass()
+            current = epoch
+        if config.augment:
+            images = augment(images, rng)
+        x, y = to_model_input(images, dev), _labels(labels, dev)
+        loss, logits = task_step(model, opt, x, y, amp=config.amp)
+        sched.step()
+        if ema is not None:
+            ema.update_parameters(model)
+        sums["loss"] += float(loss) * len(y)
+        sums["correct"] += int((logits.argmax(1) == y).sum())
+        sums["seen"] += len(y)
+        report(stage, step + 1, steps, loss=float(loss))
+    close_pass()
     if ema is not None:
         model.load_state_dict(ema.module.state_dict())
     return history

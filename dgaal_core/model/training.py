@@ -3,8 +3,8 @@
 A short trainer in the minGPT / detectron2 spirit: :meth:`DGAALTrainer.run_step` does one
 iteration of Algorithm 1 on batches already in model form and returns a dict of losses;
 :meth:`DGAALTrainer.train_gan` and :meth:`DGAALTrainer.co_evolve_d1` draw batches from
-:class:`~dgaal_core.data.DataSource` objects with the trainer's own seeded numpy Generator.
-Training T lives in :mod:`dgaal_core.task`.
+:class:`~dgaal_core.model.data.DataSource` objects with the trainer's own seeded numpy Generator.
+Training T lives in :mod:`dgaal_core.model.task`.
 
 Readings of the paper that needed a choice, and why:
 
@@ -26,11 +26,12 @@ Readings of the paper that needed a choice, and why:
 - **Noise head** uses its fixed buffer scales during training (weights "do not participate in the
   parameter update"); generation calls pass fresh scales.
 - **Weight of the pixel loss.** Eq. 8's lambda = 0.1, with Eq. 5 measured in pixel values
-  (0..255; see :mod:`dgaal_core.losses`). Measured on the [-1, 1] scale instead, lambda = 0.1 let
-  the WGAN term dominate and G's pixel error oscillated or grew at the paper's learning rates.
+  (0..255; see :mod:`dgaal_core.model.losses`). Measured on the [-1, 1] scale instead, lambda =
+  0.1 let the WGAN term dominate and G's pixel error oscillated or grew at the paper's learning
+  rates.
 - **Device.** "auto" = CUDA when available. On CUDA forward passes run under bf16 autocast (no
   loss scaling needed) with ``cudnn.benchmark``; the CPU path is plain fp32 and bit-exactly
-  reproducible, including across a checkpoint and resume (see :mod:`dgaal_core.checkpoint`).
+  reproducible, including across a checkpoint and resume (see :mod:`dgaal_core.model.checkpoint`).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -50,6 +51,7 @@ from dgaal_core.model import losses
 from dgaal_core.model.config import ModelConfig, RunConfig, TrainConfig
 from dgaal_core.model.data import DataSource, sample_batch, sample_union, to_model_input
 from dgaal_core.model.networks import Models, build_models
+from dgaal_core.progress import Progress, silent
 from dgaal_core.values import derive_seed
 
 History = dict[str, list[float]]
@@ -86,33 +88,13 @@ def frozen(module: nn.Module) -> Iterator[None]:
             p.requires_grad_(True)
 
 
-@contextlib.contextmanager
-def loss_bar(enabled: bool, description: str, total: int) -> Iterator[Callable[[dict], None]]:
-    """A rich progress bar showing the latest losses; yields ``update(losses)`` (one step)."""
-    if not enabled:
-        yield lambda _losses: None
-        return
-    from rich import progress as rp
-
-    with rp.Progress(
-        rp.TextColumn("[bold]{task.description}"), rp.BarColumn(), rp.MofNCompleteColumn(),
-        rp.TimeElapsedColumn(), rp.TimeRemainingColumn(), rp.TextColumn("{task.fields[losses]}"),
-    ) as bar:  # fmt: skip
-        task = bar.add_task(description, total=total, losses="")
-
-        def update(latest: dict) -> None:
-            text = " ".join(f"{k}={v:.4g}" for k, v in latest.items())
-            bar.update(task, advance=1, losses=text)
-
-        yield update
-
-
 def _adam(params: Any, lr: float, cfg: TrainConfig) -> torch.optim.Adam:
     return torch.optim.Adam(params, lr=lr, betas=cfg.betas)
 
 
 class DGAALTrainer:
-    """Trains G (G1 + G2), D1 and D2 by Algorithm 1; T is trained separately (``dgaal_core.task``).
+    """Trains G (G1 + G2), D1 and D2 by Algorithm 1; T is trained separately
+    (:mod:`dgaal_core.model.task`).
 
     Holds the optimisers, the step count and the run's random streams: ``rng`` (numpy, batch
     sampling) and ``torch_generator`` (CPU, noise-head scales for generation), both derived from
@@ -246,7 +228,8 @@ class DGAALTrainer:
         steps: int | None = None,
         *,
         real: DataSource | None = None,
-        progress: bool = True,
+        progress: Progress | None = None,
+        stage: str = "Algorithm 1",
     ) -> History:
         """Algorithm 1 for ``steps`` iterations (default from the config); per-step losses.
 
@@ -261,18 +244,18 @@ class DGAALTrainer:
         if steps is None:
             steps = self.config.num_gan_steps(len(labelled) + len(unlabelled))
         b, history = self.config.batch_size, defaultdict(list)
-        with loss_bar(progress, "Algorithm 1", steps) as update:
-            for _ in range(steps):
-                x_l = self._input(sample_batch(labelled, b, self.rng)[0])
-                x_u = self._input(sample_batch(unlabelled, b, self.rng)[0])
-                if real is None:
-                    x_r = self._input(sample_union((labelled, unlabelled), b, self.rng))
-                else:
-                    x_r = self._input(sample_batch(real, b, self.rng)[0])
-                step_losses = self.run_step(x_l, x_u, x_r)
-                for k, v in step_losses.items():
-                    history[k].append(v)
-                update(step_losses)
+        report = progress or silent
+        for step in range(steps):
+            x_l = self._input(sample_batch(labelled, b, self.rng)[0])
+            x_u = self._input(sample_batch(unlabelled, b, self.rng)[0])
+            if real is None:
+                x_r = self._input(sample_union((labelled, unlabelled), b, self.rng))
+            else:
+                x_r = self._input(sample_batch(real, b, self.rng)[0])
+            step_losses = self.run_step(x_l, x_u, x_r)
+            for k, v in step_losses.items():
+                history[k].append(v)
+            report(stage, step + 1, steps, **step_losses)
         return dict(history)
 
     def co_evolve_d1(
@@ -281,7 +264,7 @@ class DGAALTrainer:
         candidates: DataSource,
         steps: int | None = None,
         *,
-        progress: bool = False,
+        progress: Progress | None = None,
     ) -> History:
         """Eq. 9: D1-only updates on labelled vs candidate images, G frozen in eval mode."""
         if len(labelled) == 0 or len(candidates) == 0:
@@ -291,20 +274,20 @@ class DGAALTrainer:
             )
         steps = self.config.coevolve_steps if steps is None else steps
         b, history = self.config.batch_size, defaultdict(list)
-        with loss_bar(progress, "Co-evolve D1", steps) as update:
-            for _ in range(steps):
-                x_l = self._input(sample_batch(labelled, b, self.rng)[0])
-                x_c = self._input(sample_batch(candidates, b, self.rng)[0])
-                out = self.step_d1(x_l, x_c, encoder_eval=True)
-                self.coevolve_step += 1
-                values = dict(zip(out, torch.stack(list(out.values())).tolist(), strict=True))
-                for k, v in values.items():
-                    history[k].append(v)
-                update(values)
+        report = progress or silent
+        for step in range(steps):
+            x_l = self._input(sample_batch(labelled, b, self.rng)[0])
+            x_c = self._input(sample_batch(candidates, b, self.rng)[0])
+            out = self.step_d1(x_l, x_c, encoder_eval=True)
+            self.coevolve_step += 1
+            values = dict(zip(out, torch.stack(list(out.values())).tolist(), strict=True))
+            for k, v in values.items():
+                history[k].append(v)
+            report("Co-evolve D1", step + 1, steps, **values)
         self.models.g.train()
         return dict(history)
 
-    # --- state (checkpointing: see dgaal_core.checkpoint) ---
+    # --- state (checkpointing: see dgaal_core.model.checkpoint) ---
 
     def state_dict(self) -> dict[str, Any]:
         """Weights of G, D1, D2, optimiser states, random streams and step counts (tensors and

@@ -321,7 +321,7 @@ def repair_pool(path: str | Path, findings: list[Finding]) -> tuple[list[str], l
     """Repair what can be repaired without losing committed work.
 
     Removes this pool's orphan shards and left-over index files, and abandons a broken round
-    that waits for answers (see :mod:`dgaal_core.abandon`). Returns ``(done, not_done)``: one
+    that waits for answers (see :mod:`dgaal_core.loop.abandon`). Returns ``(done, not_done)``: one
     line per action taken, and one per damage left with the reason.
     """
     from dgaal_core.loop.abandon import abandon_round  # the writer side, only when repairing
@@ -344,7 +344,7 @@ def repair_pool(path: str | Path, findings: list[Finding]) -> tuple[list[str], l
             elif fd.check == "pending round":
                 out = abandon_round(path)
                 done.append(
-                    f"abandoned round {out['round']}: {out['requeued']} queried images are "
+                    f"abandoned round {out.round}: {out.requeued} queried images are "
                     "candidates again, committed labels untouched"
                 )
         except DgaalError as e:

@@ -1,5 +1,5 @@
 """The row checks of ``dgaal pool check``: labels, lineage, depth, the round log and the pending
-round, over the per-row fields that :mod:`dgaal_core.pool_check` parsed (numpy only)."""
+round, over the per-row fields that :mod:`dgaal_core.pool.check` parsed (numpy only)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,8 @@ from typing import Any
 import numpy as np
 
 from dgaal_core.loop.config import RoundConfig
+from dgaal_core.loop.state import PENDING_KEY, PendingRound, Phase, RecordError, RoundRecord
 from dgaal_core.pool.schema import Origin, State
-
-PHASES = ("awaiting_labels", "selected", "generated")  # of meta.pending_round, see round.py
 
 
 def _ids(ids: np.ndarray) -> str:
@@ -81,15 +80,27 @@ class RowChecks:
             bad.append(f"real rows {_ids(real)} have a parent")
         self.add("lineage", bad, f"{gen.size} generated rows carry their parent's label")
 
+    def _parsed(self) -> tuple[list[RoundRecord | str], PendingRound | str | None]:
+        """The round log and the pending round as typed records, or what does not parse."""
+        records: list[RoundRecord | str] = []
+        for k, raw in enumerate(self.rounds or [], start=1):
+            try:
+                records.append(RoundRecord.from_dict(raw, f"round record {k}"))
+            except RecordError as e:
+                records.append(str(e))
+        raw_pending = (self.meta or {}).get(PENDING_KEY)
+        try:
+            pending = PendingRound.from_dict(raw_pending) if raw_pending else None
+        except RecordError as e:
+            return records, str(e)
+        return records, pending
+
     def depth_limit(self) -> int:
-        configs = [r.get("config") for r in self.rounds or [] if isinstance(r, dict)]
-        pending = (self.meta or {}).get("pending_round")
-        if isinstance(pending, dict):
-            configs.append(pending.get("config"))
-        limits = [
-            int(c["depth_limit"]) for c in configs if isinstance(c, dict) and "depth_limit" in c
-        ]
-        return max([RoundConfig().depth_limit, *limits])
+        records, pending = self._parsed()
+        configs = [r.config for r in records if isinstance(r, RoundRecord)]
+        if isinstance(pending, PendingRound):
+            configs.append(pending.config)
+        return max([RoundConfig().depth_limit, *(c.depth_limit for c in configs if c)])
 
     def depth(self) -> None:
         if self.fields is None:
@@ -109,13 +120,9 @@ class RowChecks:
         self.add("depth", bad, f"depths within the limit {limit}")
 
     # ---- round log -----------------------------------------------------------------------------
-    def _selected(self, rec: dict[str, Any], where: str, bad: list[str]) -> np.ndarray | None:
+    def _selected(self, ids_: tuple[int, ...], where: str, bad: list[str]) -> np.ndarray | None:
         assert self.fields is not None
-        try:
-            ids = np.asarray(rec.get("selected", []), dtype=np.int64).ravel()
-        except (ValueError, TypeError):
-            bad.append(f"{where}: 'selected' is not a list of ids")
-            return None
+        ids = np.asarray(ids_, dtype=np.int64)
         n = self.fields["state"].size
         missing = ids[(ids < 0) | (ids >= n)]
         if missing.size:
@@ -129,12 +136,16 @@ class RowChecks:
         if self.fields is None or self.rounds is None:
             return self.skip("rounds", "the row fields or the round log do not parse")
         f, bad, total = self.fields, [], 0
-        for k, rec in enumerate(self.rounds, start=1):
+        records, pending = self._parsed()
+        for k, rec in enumerate(records, start=1):
             where = f"round record {k}"
-            if not isinstance(rec, dict) or rec.get("round") != k:
+            if isinstance(rec, str):
+                bad.append(rec)
+                continue
+            if rec.round != k:
                 bad.append(f"{where} is not round {k}")
                 continue
-            ids = self._selected(rec, where, bad)
+            ids = self._selected(rec.selected, where, bad)
             if ids is not None:
                 wrong = ids[f["state"][ids] != State.LABELLED]
                 if wrong.size:
@@ -142,28 +153,27 @@ class RowChecks:
                 wrong = ids[f["round"][ids] != k]
                 if wrong.size:
                     bad.append(f"{where} selected ids {_ids(wrong)} labelled in another round")
-                counts = [rec.get("oracle_queries"), rec.get("free_labels")]
-                if all(isinstance(c, int) for c in counts) and sum(counts) != ids.size:  # type: ignore[arg-type]
+                q, free = rec.oracle_queries, rec.free_labels
+                if q is not None and free is not None and q + free != ids.size:
                     bad.append(
-                        f"{where}: {counts[0]} queries + {counts[1]} free labels, "
+                        f"{where}: {rec.oracle_queries} queries + {rec.free_labels} free labels, "
                         f"but {ids.size} selected"
                     )
-            total += int(rec.get("oracle_queries", 0) or 0)
-            if "oracle_queries_total" in rec and rec["oracle_queries_total"] != total:
-                bad.append(
-                    f"{where}: oracle_queries_total {rec['oracle_queries_total']}, sum {total}"
-                )
-            span = rec.get("generated_ids")
-            if span:
-                lo, hi = (int(v) for v in span)
-                if hi - lo != int(rec.get("generated_added", 0)) or not (
+            total += rec.oracle_queries or 0
+            if rec.oracle_queries_total is not None and rec.oracle_queries_total != total:
+                bad.append(f"{where}: oracle_queries_total {rec.oracle_queries_total}, sum {total}")
+            if rec.generated_ids:
+                lo, hi = rec.generated_ids
+                if hi - lo != (rec.generated_added or 0) or not (
                     0 <= lo <= hi <= f["origin"].size
                     and np.all(f["origin"][lo:hi] == Origin.GENERATED)
                 ):
-                    bad.append(f"{where}: generated_ids {span} are not its generated rows")
-        pending = (self.meta or {}).get("pending_round")
-        extra = int(pending.get("generated_added", 0)) if isinstance(pending, dict) else 0
-        added = sum(int(r.get("generated_added", 0)) for r in self.rounds if isinstance(r, dict))
+                    bad.append(
+                        f"{where}: generated_ids {list(rec.generated_ids)} are not its "
+                        "generated rows"
+                    )
+        extra = pending.generated_added if isinstance(pending, PendingRound) else 0
+        added = sum(r.generated_added or 0 for r in records if isinstance(r, RoundRecord))
         gen = int(np.sum(f["origin"] == Origin.GENERATED))
         if gen != added + extra:
             bad.append(f"{gen} generated rows, but the rounds record {added + extra}")
@@ -174,26 +184,22 @@ class RowChecks:
             return self.skip("pending round", "the row fields, round log or meta do not parse")
         state, bad = self.fields["state"], []
         queried = np.flatnonzero(state == State.QUERIED)
-        p = self.meta.get("pending_round")
-        if not p:
+        _, p = self._parsed()
+        if p is None:
             if queried.size:
                 bad.append(f"rows {_ids(queried)} are queried, but no round waits for answers")
             return self.add("pending round", bad, "none")
         n = len(self.rounds) + 1
-        if not isinstance(p, dict):
-            return self.add("pending round", ["meta.pending_round is not an object"], "")
-        phase = p.get("phase")
-        where = f"pending round {p.get('round')} (phase {phase!r})"
-        if p.get("round") != n:
+        if isinstance(p, str):
+            return self.add(
+                "pending round", [p], "", repair=f"pending round: {p} cannot be abandoned"
+            )
+        where = f"pending round {p.round} (phase {p.phase.value!r})"
+        if p.round != n:
             bad.append(f"{where} should be round {n}")
-        if phase not in PHASES:
-            bad.append(f"{where}: unknown phase, expected one of {', '.join(PHASES)}")
-        ids = self._selected(p, where, bad)
-        if ids is not None and phase == "awaiting_labels":
-            if "queried" in p:
-                asked = np.asarray(p["queried"], dtype=np.int64).ravel()
-            else:  # recorded before "queried" was: real picks were asked (as abandon.py reads it)
-                asked = ids[self.fields["origin"][ids] == Origin.REAL]
+        ids = self._selected(p.selected, where, bad)
+        if ids is not None and p.phase is Phase.AWAITING_LABELS:
+            asked = p.asked(self.fields["origin"])
             if not np.isin(asked, ids).all():
                 bad.append(f"{where}: queried ids that it did not select")
             else:
@@ -211,23 +217,22 @@ class RowChecks:
                     bad.append(f"rows {_ids(stray)} are queried, but the round did not ask them")
                 if not queried.size:
                     bad.append(f"{where} waits for answers, but no row is queried")
-        elif ids is not None and phase in PHASES:
+        elif ids is not None:
             wrong = ids[state[ids] != State.LABELLED]
             if wrong.size:
                 bad.append(f"{where}: selected rows {_ids(wrong)} are not labelled")
             if queried.size:
                 bad.append(f"{where}: rows {_ids(queried)} are still queried")
-        if phase == "awaiting_labels":
+        if p.phase is Phase.AWAITING_LABELS:
             repair = {
                 "repair": f"abandon round {n} (its answers are asked again)",
                 "repairable": True,
             }
         else:
-            why = "its labels are committed: run `dgaal round` to finish it"
-            repair = {"repair": why if phase in PHASES else f"{where} cannot be abandoned"}
+            repair = {"repair": "its labels are committed: run `dgaal round` to finish it"}
         ok = (
             f"round {n} waits for {queried.size} answers"
             if queried.size
-            else f"round {n} at phase {phase}"
+            else f"round {n} at phase {p.phase.value}"
         )
         self.add("pending round", bad, ok, **repair)

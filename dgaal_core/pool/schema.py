@@ -71,21 +71,6 @@ def shard_dir(pool_path: Path) -> Path:
     return pool_path.with_name(pool_path.stem + ".shards")
 
 
-CHECKPOINT_FILE = "checkpoint.pt"  # a round's final checkpoint, in its round folder
-
-
-def work_dir(pool_path: str | Path) -> Path:
-    """Default work folder of a pool (checkpoints, ONNX files, query packages):
-    ``pools.h5`` -> ``pools.dgaal/``."""
-    p = Path(pool_path)
-    return p.with_name(p.stem + ".dgaal")
-
-
-def round_dir(workdir: Path, n: int) -> Path:
-    """Folder of round ``n`` inside a work folder: ``round-0003/``."""
-    return Path(workdir) / f"round-{int(n):04d}"
-
-
 def lock_path(pool_path: Path) -> Path:
     """The writer-lock file of the pool at ``pool_path``."""
     return pool_path.with_name(pool_path.name + ".lock")

@@ -1,0 +1,80 @@
+"""Pool rows as the models read them: a :class:`~dgaal_core.model.data.DataSource` over pool ids
+(:class:`PoolSource`), and T's outputs over pool rows (:func:`task_outputs`)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from dgaal_core.model.data import to_model_input
+from dgaal_core.model.networks import ConvClassifier
+from dgaal_core.model.training import resolve_device
+from dgaal_core.pool.reader import PoolReader
+from dgaal_core.pool.schema import State
+
+# Candidate/labelled images are held in memory up to this size; beyond it they are read from the
+# pool file per batch (HDF5 random reads are slower, but memory stays bounded).
+IN_MEMORY_BYTES = 2 << 30
+
+
+class PoolSource:
+    """A :class:`~dgaal_core.model.data.DataSource` over pool rows ``ids``: in memory when small,
+    read from the pool file per batch otherwise."""
+
+    def __init__(self, reader: PoolReader, ids: np.ndarray, labels: np.ndarray | None = None):
+        self.ids = np.asarray(ids, dtype=np.int64)
+        self.labels = None if labels is None else np.asarray(labels, dtype=np.int64)
+        self._reader = reader
+        nbytes = self.ids.size * int(np.prod(reader.image_shape))
+        self._images: np.ndarray | None = None
+        if nbytes <= IN_MEMORY_BYTES:
+            self._images = (
+                reader.read_images(self.ids)
+                if self.ids.size
+                else np.zeros((0, *reader.image_shape), np.uint8)
+            )
+
+    def __len__(self) -> int:
+        return int(self.ids.size)
+
+    def get(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Images (and labels) at positions ``indices`` of this source."""
+        images = (
+            self._images[indices]
+            if self._images is not None
+            else self._reader.read_images(self.ids[indices])
+        )
+        return images, None if self.labels is None else self.labels[indices]
+
+
+@torch.no_grad()
+def task_outputs(
+    model: ConvClassifier,
+    reader: PoolReader,
+    ids: np.ndarray,
+    *,
+    batch_size: int = 512,
+    device: str = "auto",
+) -> tuple[np.ndarray, np.ndarray]:
+    """T's softmax probabilities [N, K] and penultimate features [N, F] for pool rows ``ids``
+    (ascending), streamed from the pool file."""
+    dev = resolve_device(device)
+    model.to(dev).eval()
+    probs, feats = [], []
+    for _, images in reader.iter_batches(ids, batch_size):
+        x = to_model_input(images, dev)
+        f = model.features(x)
+        probs.append(torch.softmax(model.classifier(f), dim=1))  # (B, K)
+        feats.append(f)
+    if not probs:
+        return np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32)
+    return (
+        torch.cat(probs).float().cpu().numpy(),
+        torch.cat(feats).float().flatten(1).cpu().numpy(),
+    )
+
+
+def pool_source(reader: PoolReader, state: State, *, labels: bool = False) -> PoolSource:
+    """The rows of ``reader`` in ``state`` (with their revealed labels when ``labels``)."""
+    ids = reader.ids(state)
+    return PoolSource(reader, ids, reader.labels[ids] if labels else None)
