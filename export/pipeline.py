@@ -89,8 +89,9 @@ def load_models(
         if path is None or not path.is_file():
             where = folder if path is None else path
             raise CheckpointNotFoundError(
-                f"no checkpoint to export at {where} (no round has finished yet); run a round "
-                f"first, or pass --checkpoint FILE, or --untrained for freshly initialised models"
+                f"no checkpoint to export at {where} (no round has finished there); run a round "
+                "first (rounds run with --workdir W: pass the same --workdir), or pass "
+                "--checkpoint FILE, or --untrained for freshly initialised models"
             )
         checkpoint = path
     checkpoint = Path(checkpoint)

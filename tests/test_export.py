@@ -289,7 +289,7 @@ def test_load_models_from_round_checkpoint(tmp_path):
 
     pool = tmp_path / "pools.h5"
     make_pool(pool, (8, 8, 1))
-    with pytest.raises(CheckpointNotFoundError, match="no round has finished yet"):
+    with pytest.raises(CheckpointNotFoundError, match="no round has finished there"):
         load_models(pool)
     trainer = DGAALTrainer.create(preset("small", (8, 8, 1), 10), device="cpu")
     with torch.no_grad():

@@ -19,7 +19,7 @@ from dgaal_core.model.config import preset
 from dgaal_core.pool.reader import PoolReader
 from dgaal_core.pool.schema import State
 from export import names
-from export.runtime import select_lowest
+from export.runtime import GeneratorSession, select_lowest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -177,6 +177,19 @@ def test_export_from_round_checkpoint_defaults_to_round_folder(tmp_path):
     assert (round_dir(work_dir(pool), 1) / names.SAMPLER_FILE).is_file()
     code, _, err = dgaal("export", "--pool", pool, "--round", "4")
     one_line_error(code, err, "round-0004")
+    # a round run with --workdir W: export finds it with the same --workdir, and says so without
+    other = tmp_path / "elsewhere"
+    save_checkpoint(
+        round_dir(other, 2) / CHECKPOINT_FILE, trainer, round_index=2,
+        extra={"noise_spread": 0.2},
+    )  # fmt: skip
+    code, _, err = dgaal("export", "--pool", pool, "--workdir", other)
+    assert code == 0, err
+    gen = GeneratorSession(round_dir(other, 2) / names.GENERATOR_FILE, "cpu")
+    assert gen.info.round == 2 and gen.info.noise_range == pytest.approx((0.8, 1.2))
+    empty = tmp_path / "empty-workdir"
+    code, _, err = dgaal("export", "--pool", pool, "--workdir", empty)
+    one_line_error(code, err, str(empty), "--workdir")
 
 
 def test_bad_inputs_give_one_line_errors(exported, tmp_path):
