@@ -7,9 +7,9 @@ Generator's state as a uint8 tensor. Spectral-norm power-iteration vectors (``_u
 buffers in D2's ``state_dict`` and come back exactly. Resuming on CPU is bit-exact: N steps, save,
 load, N steps equals 2N steps.
 
-Writes are atomic: a temporary file in the same folder is written, flushed and fsynced, then
-``os.replace``-d over the target, and the folder is fsynced; a crash leaves the old checkpoint or
-the new one, never half of one.
+Writes are atomic (:mod:`dgaal_core.atomic`): a temporary file in the same folder is written,
+fsynced and ``os.replace``-d over the target, and the folder is fsynced; a crash leaves the old
+checkpoint or the new one, never half of one.
 
 Layout::
 
@@ -23,15 +23,15 @@ Layout::
 
 from __future__ import annotations
 
-import os
+import io
 import pickle
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from dgaal_core.atomic import write_bytes
 from dgaal_core.errors import DgaalError
 from dgaal_core.model.config import ModelConfig, RunConfig, TrainConfig
 from dgaal_core.model.networks import ConvClassifier, build_models, build_task_model
@@ -99,25 +99,15 @@ def save_checkpoint(
 
 
 def write_atomic(path: str | Path, obj: Checkpoint) -> Path:
-    """``torch.save`` to a temp file beside ``path``, fsync, ``os.replace``, fsync the folder."""
+    """``torch.save`` into memory, then :func:`dgaal_core.atomic.write_bytes` (a temporary file
+    beside ``path``, fsync, ``os.replace``, fsync of the folder). Serialising first means a full
+    disk is a plain ``OSError`` from a Python write, never a half-written file or an error from
+    inside torch's writer."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-    return path
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return write_bytes(path, buffer.getvalue())
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:
