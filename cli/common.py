@@ -7,6 +7,7 @@ command functions that need them.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
 from collections.abc import Callable
@@ -89,17 +90,34 @@ def missing_extra(e: ModuleNotFoundError) -> str | None:
 
 
 def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
-    """Turn a :class:`DgaalError` into one line ``error: ...`` on stderr and exit code 2.
+    """Turn a :class:`DgaalError` into one line ``error: ...`` on stderr and exit code 2, and
+    Ctrl-C or SIGTERM into one line and exit code 130 or 143 (:mod:`cli.interrupt`).
 
     So does a missing optional package (torch without the ``train`` extra, ...): the line says
     which extra to install. Commands import such packages before they write anything. Any other
     exception is a bug and keeps its traceback. Put it under ``@app.command()``.
     """
+    return _guarded(fn, defer=False)
 
+
+def handle_errors_deferred(fn: Callable[P, R]) -> Callable[P, R]:
+    """:func:`handle_errors` for commands that run torch or onnxruntime for long (round,
+    experiment, demo, pool create): a signal stops them at their next safe point, never inside
+    a library's C++ code (see :mod:`cli.interrupt`)."""
+    return _guarded(fn, defer=True)
+
+
+def _guarded(fn: Callable[P, R], *, defer: bool) -> Callable[P, R]:
     @functools.wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        from . import interrupt
+
         try:
-            return fn(*args, **kwargs)
+            with interrupt.handled(), interrupt.deferred() if defer else contextlib.nullcontext():
+                return fn(*args, **kwargs)
+        except interrupt.Interrupted as e:  # Ctrl-C / SIGTERM: after every clean-up ran
+            print(f"error: {e.message}", file=sys.stderr)
+            raise typer.Exit(e.exit_code) from None
         except DgaalError as e:
             raise fail(str(e)) from None
         except ModuleNotFoundError as e:
@@ -107,6 +125,12 @@ def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
             if line is None:
                 raise
             raise fail(line) from None
+        except OSError as e:  # a file system error no layer below named: still one line
+            from dgaal_core.atomic import storage_error
+
+            if (found := storage_error(e)) is None:
+                raise
+            raise fail(str(found)) from None
 
     return wrapper
 

@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from .common import ProviderOpt, handle_errors, set_torch_threads
+from .common import ProviderOpt, handle_errors_deferred, set_torch_threads
 
 
 @dataclass(frozen=True)
@@ -85,6 +85,7 @@ def demo_command(
     from export.round_backend import onnx_exporter
 
     from .experiment_cmd import progress_line, results_table
+    from .progress import safe_point
 
     t0 = time.perf_counter()
     set_torch_threads("small")
@@ -103,7 +104,14 @@ def demo_command(
         ),
     )  # fmt: skip
     out = workdir / s.name
-    exp = Experiment(source, out, config, onnx_exporter(provider=provider), log=progress_line)
+    exp = Experiment(
+        source,
+        out,
+        config,
+        onnx_exporter(provider=provider),
+        progress=safe_point,
+        log=progress_line,
+    )
     console = Console()
     console.print(
         f"[bold]dgaal demo[/]: {' vs '.join(s.strategies)} on {exp.real} handwritten 8x8 digits "
@@ -134,4 +142,4 @@ def demo_command(
 
 def register(app: typer.Typer) -> None:
     """Add ``demo`` to the top-level app."""
-    app.command("demo")(handle_errors(demo_command))
+    app.command("demo")(handle_errors_deferred(demo_command))

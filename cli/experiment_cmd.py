@@ -27,7 +27,7 @@ from .common import (
     TaskEpochsOpt,
     TaskMinStepsOpt,
     TaskWeightOpt,
-    handle_errors,
+    handle_errors_deferred,
     method_settings,
     set_torch_threads,
 )
@@ -127,6 +127,8 @@ def experiment_command(
     from dgaal_core.values import parse_size
     from export.round_backend import onnx_exporter
 
+    from .progress import safe_point
+
     try:
         config = ExperimentConfig(
             strategies=parse_list(strategies),
@@ -153,7 +155,9 @@ def experiment_command(
 
         require_matplotlib()
     log = (lambda *_: None) if quiet else progress_line
-    exp = Experiment(pool, out, config, onnx_exporter(provider=provider), log=log)
+    exp = Experiment(
+        pool, out, config, onnx_exporter(provider=provider), progress=safe_point, log=log
+    )
     runs = len(config.strategies) * len(config.seeds)
     log(
         f"{runs} runs ({', '.join(config.strategies)} x seeds {list(config.seeds)}), "
@@ -173,4 +177,4 @@ def experiment_command(
 
 def register(app: typer.Typer) -> None:
     """Add ``experiment`` to the top-level app."""
-    app.command("experiment")(handle_errors(experiment_command))
+    app.command("experiment")(handle_errors_deferred(experiment_command))

@@ -17,7 +17,15 @@ import typer
 
 from dgaal_core.errors import PoolExistsError
 
-from .common import ForceOpt, JsonOpt, PoolArg, SeedOpt, handle_errors, human_bytes
+from .common import (
+    ForceOpt,
+    JsonOpt,
+    PoolArg,
+    SeedOpt,
+    handle_errors,
+    handle_errors_deferred,
+    human_bytes,
+)
 
 if TYPE_CHECKING:
     pass
@@ -37,7 +45,7 @@ class SourceKind(str, Enum):
 
 
 @app.command()
-@handle_errors
+@handle_errors_deferred
 def create(
     out: Annotated[Path, typer.Argument(help="Pool file to create (e.g. pools.h5).")],
     from_: Annotated[

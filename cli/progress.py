@@ -7,6 +7,8 @@ from typing import Any
 
 from rich.console import Console
 
+from . import interrupt
+
 console = Console(stderr=True)
 
 
@@ -56,6 +58,7 @@ class StageProgress:
         self._done: dict[str, int] = {}
 
     def __call__(self, stage: str, done: int, total: int, /, **info: float) -> None:
+        interrupt.check(stage)  # every progress report is a safe point to stop at
         if stage not in self._tasks or (done <= 1 and self._done.get(stage, 0) > done):
             # a stage that starts over (T for selection, then T) gets a fresh bar
             self._tasks[stage] = self._bar.add_task(stage, total=total, info="")
@@ -73,3 +76,8 @@ class StageProgress:
 
     def __exit__(self, *exc: object) -> None:
         self._bar.stop()
+
+
+def safe_point(stage: str, done: int, total: int, /, **info: float) -> None:
+    """A progress callback that draws nothing and only lets a signal stop the work here."""
+    interrupt.check(stage)

@@ -34,6 +34,7 @@ from .common import (
     WorkdirOpt,
     WorkersOpt,
     handle_errors,
+    handle_errors_deferred,
     method_settings,
     ray_options,
     set_torch_threads,
@@ -155,7 +156,7 @@ def round_command(
     from .progress import StageProgress, console
 
     set_torch_threads(preset)
-    log = console.print if not quiet else (lambda *_: None)
+    log = console.print  # --quiet hides the bars, not what the round has to say
     with StageProgress(enabled=not quiet) as bars:
         exporter = onnx_exporter(
             provider=provider, progress=bars.stage("Scoring candidates"), ray=ray
@@ -213,5 +214,5 @@ def label_command(
 
 def register(app: typer.Typer) -> None:
     """Add ``round`` and ``label`` to the top-level app."""
-    app.command("round")(handle_errors(round_command))
+    app.command("round")(handle_errors_deferred(round_command))
     app.command("label")(handle_errors(label_command))

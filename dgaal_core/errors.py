@@ -46,3 +46,12 @@ class ConfigError(DgaalError, ValueError):
 class AnswersError(DgaalError):
     """A person's answers for ``dgaal label`` (a filled-in ``queries.csv`` or a Label Studio
     export) are invalid: one line says which file, row or task, and why."""
+
+
+class StorageError(DgaalError):
+    """A file could not be written: a full disk, a read-only file system, no permission, a
+    folder where a file should be (names the path and the cause)."""
+
+
+class PoolCopyError(DgaalError):
+    """Two index files beside each other are the same pool (a copy made with ``cp``)."""

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dgaal_core.atomic import storage_error
 from dgaal_core.loop.workdir import CHECKPOINT_FILE, latest_round, round_dir, work_dir
 from dgaal_core.model.config import ModelConfig, preset
 from dgaal_core.model.networks import LatentDiscriminator, UNetGenerator, build_models
@@ -137,7 +138,34 @@ def export_round(
     dynamo: bool = False,
     seed: int = 0,
 ) -> ExportReport:
-    """Export, check and publish sampler.onnx and generator.onnx (+ variants) in ``out_dir``."""
+    """Export, check and publish sampler.onnx and generator.onnx (+ variants) in ``out_dir``.
+
+    A file system error (a full disk, a read-only folder) is one StorageError naming
+    ``out_dir``; the files published before stay as they were."""
+    try:
+        return _export_round(
+            models, out_dir, parity_images, int8=int8, calibration_images=calibration_images,
+            agreement_images=agreement_images, int8_min_agreement=int8_min_agreement,
+            fp16=fp16, triton_dir=triton_dir, dynamo=dynamo, seed=seed,
+        )  # fmt: skip
+    except OSError as e:
+        raise storage_error(e, out_dir) or e from None
+
+
+def _export_round(
+    models: ExportedModels,
+    out_dir: str | Path,
+    parity_images: np.ndarray,
+    *,
+    int8: bool,
+    calibration_images: np.ndarray | None,
+    agreement_images: np.ndarray | None,
+    int8_min_agreement: float,
+    fp16: bool,
+    triton_dir: str | Path | None,
+    dynamo: bool,
+    seed: int,
+) -> ExportReport:
     start = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -11,8 +11,10 @@ from typing import Any
 
 import numpy as np
 
-from dgaal_core.pool.reader import PoolReader, contiguous_runs
+from dgaal_core.pool.blocks import contiguous_runs
+from dgaal_core.pool.reader import PoolReader
 from dgaal_core.pool.schema import IMAGES
+from dgaal_core.pool.shards import seal_holds
 
 from .ray_cluster import RayEngineError, require_ray
 
@@ -77,12 +79,18 @@ def _datasource_class() -> type:
             with PoolReader(self.pool) as r:
                 self.image_shape = tuple(int(v) for v in r.image_shape)
                 shards = r.shard_files()
+                seals = r.shard_sha256
             self.specs: list[_ReadSpec] = []
             for path, start, rows in shards:
                 lo, hi = np.searchsorted(ids, [start, start + rows])
                 inside = ids[lo:hi]
                 if inside.size:  # check on the driver first: a failed Ray run is slow to undo
                     _open_shard(self.pool, str(path), self.image_shape, rows - 1).close()
+                    if path.name in seals and not seal_holds(path, seals[path.name]):
+                        raise RayEngineError(
+                            f"shard {path} of pool {self.pool} has changed since it was "
+                            "written (checksum mismatch); run `dgaal pool check`"
+                        )
                 for i in range(0, inside.size, rows_per_task):
                     self.specs.append(_ReadSpec(str(path), start, inside[i : i + rows_per_task]))
             self.image_bytes = int(np.prod(self.image_shape))

@@ -23,6 +23,7 @@ from dgaal_core.errors import (
     PoolUpdateError,
 )
 from dgaal_core.loop.selection import choose_initial
+from dgaal_core.pool.backup import backup_path
 from dgaal_core.pool.check import check_pool
 from dgaal_core.pool.reader import PoolReader
 from dgaal_core.pool.schema import FORMAT, VERSION, Origin, State, shard_dir
@@ -179,7 +180,8 @@ def test_pools_sharing_a_shard_folder_never_delete_each_others_shards(tmp_path):
 def test_a_pool_made_before_pool_ids_stays_readable_and_gets_an_id(tmp_path):
     path = tmp_path / "p.h5"
     images, _ = make_pool(path, n=30, test=0)
-    with h5py.File(path, "a") as f:  # as written before ids existed
+    backup_path(path).unlink()  # as written before ids (and backups) existed
+    with h5py.File(path, "a") as f:
         del f.attrs["pool_id"]
     stray = shard_dir(path) / "pool-0123456789abcdef.h5"  # an old, untagged orphan: whose?
     stray.write_bytes(b"")
@@ -220,6 +222,9 @@ def test_open_checks_format_version_and_shards(tmp_path):
     make_pool(path)
     with h5py.File(path, "a") as f:
         f.attrs["version"] = VERSION + 1
+    with pytest.raises(PoolFormatError, match="damaged pool index"):  # not what dgaal wrote
+        PoolReader(path)
+    backup_path(path).unlink()  # without a backup to compare with, the version decides
     with pytest.raises(PoolFormatError, match="version"):
         PoolReader(path)
     path2 = tmp_path / "q.h5"
@@ -334,6 +339,7 @@ def test_garbage_in_an_attribute_is_a_named_error_and_shards_carry_checksums(tmp
         names = [s.name for s in r.pool_shards]
         assert len(names) == 2 and sorted(r.shard_sha256) == sorted(names)
         assert r.shard_sha256[names[1]] == file_sha256(shard_dir(path) / names[1])
+    backup_path(path).unlink()  # no backup to hold the index to: the attributes are parsed
     with h5py.File(path, "a") as f:
         f.attrs["meta"] = "{not json"
     with pytest.raises(PoolFormatError, match="does not parse"):

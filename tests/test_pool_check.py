@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 
 from cli.main import app
 from dgaal_core.loop.selection import choose_initial
+from dgaal_core.pool.backup import backup_path
 from dgaal_core.pool.check import CHECKS, check_pool
 from dgaal_core.pool.reader import PoolReader
 from dgaal_core.pool.schema import State, shard_dir
@@ -220,10 +221,12 @@ def test_repair_abandons_a_broken_round_waiting_for_answers(pool: Path) -> None:
     assert code == 0 and "abandon" not in out
     with PoolReader(pool) as r:
         labels, committed = r.labels.copy(), r.ids(State.LABELLED)
+    backup_path(pool).unlink()  # as in a pool of an older dgaal: abandoning is the repair left
     edit("state", 21, State.UNLABELLED)(pool)  # the round's rows no longer match its phase
     code, checks = status(pool)
     assert code == 1 and checks["pending round"]["status"] == "damaged"
     assert "21" in checks["pending round"]["detail"]
+    assert checks["backup"]["status"] == "ok" and "none yet" in checks["backup"]["detail"]
     code, out = check(pool, "--repair")
     assert code == 0, out
     assert "repaired: abandoned round 2: 3 queried images" in out

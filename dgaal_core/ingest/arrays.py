@@ -61,6 +61,10 @@ def _npz_images(x: np.ndarray, key: str, path: Path) -> np.ndarray:
     )
 
 
+# labels imply "0".."K-1" as class names only up to this K (a label of 1e9 is a wrong column)
+MAX_IMPLIED_CLASSES = 100_000
+
+
 def _npz_labels(y: np.ndarray, key: str, path: Path, n: int, xkey: str) -> np.ndarray:
     """``y`` as int64 [N] (from (N,) or (N, 1)), non-negative and whole, or one clear error."""
     if y.ndim == 2 and y.shape[1] == 1:
@@ -131,7 +135,13 @@ def read_npz(path: Path, class_names: Sequence[str] | None = None) -> ArrayData:
                 f"{path}: no y_train, so the images are unlabelled: "
                 "give the class names with --classes a,b,c or --num-classes K"
             )
-        class_names = [str(i) for i in range(int(max(y.max(), -1 if yt is None else yt.max())) + 1)]
+        k = int(max(y.max(), -1 if yt is None else yt.max())) + 1
+        if k > MAX_IMPLIED_CLASSES:
+            raise IngestError(
+                f"{path}: labels up to {k - 1} would mean {k} classes; give the class names "
+                "with --classes a,b,c or --num-classes K (labels are indices into them)"
+            )
+        class_names = [str(i) for i in range(k)]
     _check_range(y, "y_train", path, len(class_names))
     _check_range(yt, "y_test", path, len(class_names))
     return ArrayData(list(class_names), x, y, xt, yt)

@@ -8,13 +8,20 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from dgaal_core.errors import ConfigError
-from dgaal_core.loop.strategies import SelectionSettings, Strategy, strategy
+import numpy as np
+
+from dgaal_core.errors import ConfigError, EmptyPoolError, PoolExhaustedError
+from dgaal_core.loop.strategies import Need, SelectionSettings, Strategy, strategy
 from dgaal_core.model.config import RunConfig, preset
+from dgaal_core.pool.schema import Origin, State
 from dgaal_core.values import check_seed, check_size, size_of
+
+if TYPE_CHECKING:
+    from dgaal_core.pool.reader import PoolReader
 
 # Fields of earlier versions that did nothing (scoring batches come from the provider):
 # accepted in stored records, and dropped.
@@ -115,3 +122,38 @@ class RoundConfig:
     def budget_count(self, real_rows: int) -> int:
         """The number of images to select this round."""
         return max(1, size_of(self.budget, real_rows))
+
+
+def check_budget(
+    config: RoundConfig, reader: PoolReader, log: Callable[[str], None] | None = None
+) -> int:
+    """The number of images to select, checked against the candidates left before the round
+    writes anything: more than are left is refused unless ``take_all`` asks for all of them (an
+    explicit choice: it ends the pool's supply of real candidates)."""
+    left = int(np.sum(reader.states == State.UNLABELLED))
+    if left == 0:
+        raise EmptyPoolError(f"{reader.path}: no candidates left; the pool is exhausted")
+    strategy = config.strategy_object
+    if Need.GAN in strategy.needs(config.selection()) and not np.any(
+        reader.states == State.LABELLED
+    ):
+        raise EmptyPoolError(
+            f"{reader.path}: no labelled images, and strategy '{config.strategy}' "
+            "trains on labelled and unlabelled ones; create the pool with --initial above 0"
+        )
+    wanted = config.budget_count(int(np.sum(reader.fields["origin"] == Origin.REAL)))
+    if wanted <= left:
+        return wanted
+    if not config.take_all:
+        asked = (
+            f"{int(config.budget)}"
+            if config.budget >= 1
+            else f"{config.budget:g} ({wanted} images)"
+        )
+        raise PoolExhaustedError(
+            f"--budget {asked} is more than the {left} candidates left in {reader.path}; "
+            f"give --budget {left} or less, or --take-all to label all of them"
+        )
+    if log is not None:
+        log(f"budget {wanted} > {left} candidates left: taking them all (take_all)")
+    return left

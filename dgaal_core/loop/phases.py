@@ -14,8 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dgaal_core.errors import EmptyPoolError, PoolExhaustedError
-from dgaal_core.loop.config import RoundConfig
+from dgaal_core.loop.config import RoundConfig, check_budget
 from dgaal_core.loop.context import RoundContext
 from dgaal_core.loop.oracle import simulated_answers, write_query_package
 from dgaal_core.loop.serving import Exporter, ExportRequest, ServedModels
@@ -26,10 +25,17 @@ from dgaal_core.loop.state import (
     RoundRecord,
     round_records,
     set_pending,
+    set_work_folder,
     total_queries,
 )
 from dgaal_core.loop.strategies import Need
-from dgaal_core.loop.workdir import CHECKPOINT_FILE, QUERIES_DIR, TRAINED_FILE, round_dir
+from dgaal_core.loop.workdir import (
+    CHECKPOINT_FILE,
+    QUERIES_DIR,
+    TRAINED_FILE,
+    previous_checkpoint,
+    round_dir,
+)
 from dgaal_core.model.checkpoint import load_checkpoint, save_checkpoint, trainer_from_checkpoint
 from dgaal_core.model.config import RunConfig
 from dgaal_core.model.data import ArraySource
@@ -45,39 +51,6 @@ from dgaal_core.values import derive_seed
 Log = Callable[[str], None]
 
 
-def check_budget(config: RoundConfig, reader: PoolReader, log: Log | None = None) -> int:
-    """The number of images to select, checked against the candidates left before the round
-    writes anything: more than are left is refused unless ``take_all`` asks for all of them (an
-    explicit choice: it ends the pool's supply of real candidates)."""
-    left = int(np.sum(reader.states == State.UNLABELLED))
-    if left == 0:
-        raise EmptyPoolError(f"{reader.path}: no candidates left; the pool is exhausted")
-    strategy = config.strategy_object
-    if Need.GAN in strategy.needs(config.selection()) and not np.any(
-        reader.states == State.LABELLED
-    ):
-        raise EmptyPoolError(
-            f"{reader.path}: no labelled images, and strategy '{config.strategy}' "
-            "trains on labelled and unlabelled ones; create the pool with --initial above 0"
-        )
-    wanted = config.budget_count(int(np.sum(reader.fields["origin"] == Origin.REAL)))
-    if wanted <= left:
-        return wanted
-    if not config.take_all:
-        asked = (
-            f"{int(config.budget)}"
-            if config.budget >= 1
-            else f"{config.budget:g} ({wanted} images)"
-        )
-        raise PoolExhaustedError(
-            f"--budget {asked} is more than the {left} candidates left in {reader.path}; "
-            f"give --budget {left} or less, or --take-all to label all of them"
-        )
-    if log is not None:
-        log(f"budget {wanted} > {left} candidates left: taking them all (take_all)")
-    return left
-
-
 class RoundJob:
     """One run of round ``n`` on a pool, under its writer ``writer``."""
 
@@ -90,10 +63,13 @@ class RoundJob:
         writer: PoolWriter,
         workdir: Path,
         *,
+        recorded: Path | None = None,
         progress: Progress | None = None,
         log: Log = print,
     ) -> None:
         self.pool_path, self.n, self.config = pool_path, n, config
+        self.recorded = recorded  # the work folder the pool's last round ran in
+        self._prev: Path | None = None
         self.exporter, self.writer, self.workdir = exporter, writer, workdir
         self.rdir = round_dir(workdir, n)
         self.progress, self.log = progress, log
@@ -120,7 +96,9 @@ class RoundJob:
         save_checkpoint(self.rdir / name, trainer, task=task, round_index=self.n, extra=extra)
 
     def _previous_checkpoint(self) -> Path:
-        return round_dir(self.workdir, self.n - 1) / CHECKPOINT_FILE
+        if self._prev is None:  # looked for (and a missing one said) once per run
+            self._prev = previous_checkpoint(self.workdir, self.n, self.recorded, self.log)
+        return self._prev
 
     # ---- phase 1: Algorithm 1 ----------------------------------------------------------------
     def _continued_trainer(self, reader: PoolReader) -> DGAALTrainer | None:
@@ -396,5 +374,6 @@ class RoundJob:
         w = self.writer
         w.append_round(record.to_dict())
         set_pending(w, None)
+        set_work_folder(w, self.workdir)
         w.commit()
         return record

@@ -34,10 +34,10 @@ from pathlib import Path
 import numpy as np
 
 from dgaal_core.errors import DgaalError
-from dgaal_core.loop.config import RoundConfig
-from dgaal_core.loop.phases import Log, RoundJob, check_budget
+from dgaal_core.loop.config import RoundConfig, check_budget
+from dgaal_core.loop.phases import Log, RoundJob
 from dgaal_core.loop.serving import Exporter
-from dgaal_core.loop.state import PendingRound, Phase, RoundRecord, pending_round
+from dgaal_core.loop.state import PendingRound, Phase, RoundRecord, pending_round, work_folder
 from dgaal_core.loop.workdir import QUERIES_DIR, round_dir, work_dir
 from dgaal_core.model.training import resolve_device
 from dgaal_core.pool.reader import PoolReader
@@ -112,6 +112,7 @@ class Round:
         self.workdir = Path(workdir) if workdir is not None else work_dir(self.pool_path)
         self.progress = progress
         self.log = log
+        self._recorded: Path | None = None  # the work folder the pool's last round ran in
 
     def run(self) -> RoundRecord | AwaitingLabels:
         """Run the next round, or finish an interrupted one; returns its record, or
@@ -127,6 +128,7 @@ class Round:
                 n = len(r.rounds()) + 1
                 pending = pending_round(r)
                 queried = int(np.sum(r.states == State.QUERIED))
+                self._recorded = work_folder(r)
             if pending is not None and pending.round == n:
                 job = self._resume(w, pending)
                 if pending.phase is Phase.AWAITING_LABELS or queried:
@@ -153,7 +155,7 @@ class Round:
     def _job(self, writer: PoolWriter, n: int, config: RoundConfig) -> RoundJob:
         return RoundJob(
             self.pool_path, n, config, self.exporter, writer, self.workdir,
-            progress=self.progress, log=self.log,
+            recorded=self._recorded, progress=self.progress, log=self.log,
         )  # fmt: skip
 
     def _resume(self, writer: PoolWriter, pending: PendingRound) -> RoundJob:

@@ -25,6 +25,7 @@ import dataclasses
 import enum
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import numpy as np
@@ -35,6 +36,7 @@ from dgaal_core.pool.schema import Origin
 
 VERSION = 1
 PENDING_KEY = "pending_round"  # the pool meta key of the pending round
+WORKDIR_KEY = "workdir"  # the absolute work folder the last round ran in
 
 
 class RecordError(DgaalError):
@@ -326,3 +328,15 @@ def set_pending(writer: _MetaWriter, pending: PendingRound | None) -> None:
 def total_queries(records: Sequence[RoundRecord]) -> int:
     """Oracle queries spent by ``records`` together."""
     return sum(r.oracle_queries or 0 for r in records)
+
+
+def work_folder(reader: _Meta) -> Path | None:
+    """The work folder the pool's last finished round ran in (None for pools made before it was
+    recorded)."""
+    raw = reader.meta.get(WORKDIR_KEY)
+    return Path(raw) if isinstance(raw, str) and raw else None
+
+
+def set_work_folder(writer: _MetaWriter, folder: Path) -> None:
+    """Stage the work folder of the round being finished (absolute)."""
+    writer.update_meta(**{WORKDIR_KEY: str(Path(folder).resolve())})

@@ -14,7 +14,10 @@ query package (pure paths, no I/O but :func:`latest_round`).
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
+
+from dgaal_core.errors import DgaalError
 
 CHECKPOINT_FILE = "checkpoint.pt"  # a round's final checkpoint: G, D1, D2 after Eq. 9, and T
 TRAINED_FILE = "trained.pt"  # a round's checkpoint right after Algorithm 1
@@ -42,3 +45,29 @@ def latest_round(workdir: str | Path) -> int | None:
             if m and (p / CHECKPOINT_FILE).is_file():
                 found.append(int(m.group(1)))
     return max(found) if found else None
+
+
+class WorkdirError(DgaalError):
+    """The round's work folder is not the one the pool's rounds ran in."""
+
+
+def previous_checkpoint(
+    workdir: Path, n: int, recorded: Path | None, log: Callable[[str], None]
+) -> Path:
+    """Round ``n - 1``'s final checkpoint in ``workdir``. When it is missing there but the folder
+    the pool's rounds ran in (``recorded``) has it, :class:`WorkdirError` names that folder;
+    when it is missing everywhere, ``log`` says that what it held is trained again."""
+    path = round_dir(workdir, n - 1) / CHECKPOINT_FILE
+    if n <= 1 or path.exists():
+        return path
+    if recorded is not None and Path(workdir).resolve() != recorded:
+        if (round_dir(recorded, n - 1) / CHECKPOINT_FILE).exists():
+            raise WorkdirError(
+                f"round {n - 1} of this pool ran in {recorded}, not in {workdir}: give "
+                f"--workdir {recorded} (or move that folder to {workdir})"
+            )
+    log(
+        f"round {n - 1}'s checkpoint is not in {workdir} (nor where the pool's rounds ran): its "
+        "co-evolved D1 and its T are gone, so they are trained again from scratch"
+    )
+    return path

@@ -11,9 +11,9 @@ touches a committed label.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +22,20 @@ import numpy as np
 
 from dgaal_core.atomic import TMP_MARK
 from dgaal_core.errors import DgaalError, PoolFormatError
+from dgaal_core.pool.backup import index_seals
+from dgaal_core.pool.check_backup import (
+    REBUILD,
+    backup_finding,
+    crashes_hdf5,
+    rebuild_index,
+    rewrite_backup,
+    unopenable,
+)
 from dgaal_core.pool.check_rows import RowChecks
+from dgaal_core.pool.findings import CHECKS, Finding, join
+from dgaal_core.pool.index import siblings
 from dgaal_core.pool.lock import dead_create, holder
+from dgaal_core.pool.reader import check_index_seal
 from dgaal_core.pool.schema import (
     FORMAT,
     IMAGES,
@@ -34,44 +46,9 @@ from dgaal_core.pool.schema import (
 )
 from dgaal_core.pool.shards import file_sha256
 
-CHECKS = (
-    "attributes",
-    "row fields",
-    "shards",
-    "orphans",
-    "labels",
-    "lineage",
-    "depth",
-    "rounds",
-    "pending round",
-)
-SHOWN = 3  # problems named per check; the rest are counted
 READ_ROWS = 4096  # rows per read when a shard without a checksum is read through
-
-
-@dataclass(frozen=True)
-class Finding:
-    """One row of the check table. ``status``: ``ok``, ``damaged`` or ``skipped`` (could not
-    be checked because of damage found earlier). ``repair``: what ``--repair`` would do, or
-    why it cannot (``repairable`` says which)."""
-
-    check: str
-    status: str
-    detail: str
-    repair: str = ""
-    repairable: bool = False
-
-    @property
-    def damaged(self) -> bool:
-        return self.status == "damaged"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"check": self.check, "status": self.status, "detail": self.detail}
-
-
-def _join(problems: list[str]) -> str:
-    more = len(problems) - SHOWN
-    return "; ".join(problems[:SHOWN]) + (f"; and {more} more" if more > 0 else "")
+# what the index holds (and its backup can give back): not the shards, not the orphans
+INDEX_CHECKS = ("attributes", "row fields", "labels", "lineage", "depth", "rounds", "pending round")
 
 
 def _json(raw: Any) -> Any:
@@ -97,10 +74,11 @@ class _Checker(RowChecks):
         self.fields: dict[str, np.ndarray] | None = None
         self.test_labels: np.ndarray | None = None
         self.rounds: list[dict[str, Any]] | None = None
+        self.generation: int | None = None
 
     def add(self, check: str, problems: list[str], ok: str, **repair: Any) -> None:
         if problems:
-            self.findings.append(Finding(check, "damaged", _join(problems), **repair))
+            self.findings.append(Finding(check, "damaged", join(problems), **repair))
         else:
             self.findings.append(Finding(check, "ok", ok))
 
@@ -137,7 +115,7 @@ class _Checker(RowChecks):
         except (KeyError, ValueError, TypeError):
             bad.append("class_names / num_classes do not parse or disagree")
         try:
-            int(a["generation"])
+            self.generation = int(a["generation"])
         except (KeyError, ValueError, TypeError):
             bad.append(f"generation is {a.get('generation')!r}, expected an integer")
         if "pool_id" in a:
@@ -256,7 +234,18 @@ class _Checker(RowChecks):
             return self.skip("orphans", f"{why}: whose shards are whose cannot be told")
         if (who := holder(self.path)) is not None:
             return self.skip("orphans", f"the pool is being written by {who}")
+        near = siblings(self.path)
+        twins = [str(s.path) for s in near if s.pool_id == self.pool_id]
+        if twins:
+            return self.add(
+                "orphans",
+                [f"{twins[0]} is a copy of this pool (same pool id) sharing its shard folder"],
+                "",
+                repair="delete one of the two, or move one to another folder with a copy of the "
+                "shard folder; writers refuse both until then",
+            )
         keep = {n for n, _ in self.shards["pool_shards"] + self.shards["test_shards"]}
+        keep = keep.union(*(s.shards for s in near))  # a neighbour's shards are never orphans
         folder = shard_dir(self.path)
         files = sorted(p.name for p in folder.glob("*.h5")) if folder.is_dir() else []
         ours = [n for n in files if n not in keep and owns_shard(self.pool_id, n)]
@@ -265,13 +254,15 @@ class _Checker(RowChecks):
             ours += [n for n in files if owns_shard(dead, n)]
         temps = sorted(p.name for p in self.path.parent.glob(f"{self.path.name}{TMP_MARK}*"))
         others = sum(1 for n in files if n not in keep and n not in ours)
-        bad = [f"orphan shard {n}" for n in ours] + [f"left-over index {n}" for n in temps]
+        bad = [f"orphan shard {n}" for n in ours]
         note = f" ({others} files of other pools left alone)" if others else ""
+        if temps:  # a write that died: harmless, the next writer (or --repair) removes them
+            note += f"; {len(temps)} left-over temporary files ({', '.join(temps[:3])})"
         self.add(
             "orphans",
             bad,
             f"no orphan files{note}",
-            repair=f"remove {len(bad)} orphan files of this pool{note}",
+            repair=f"remove {len(bad) + len(temps)} orphan files of this pool{note}",
             repairable=True,
         )
 
@@ -286,16 +277,31 @@ class _Checker(RowChecks):
             self.depth,
             self.round_log,
             self.pending,
+            self.backup,
         ):
             before = len(self.findings)
             try:
                 step()
-            except (ValueError, TypeError, KeyError, IndexError, OSError) as e:
+            except (ValueError, TypeError, KeyError, IndexError, OSError, RuntimeError) as e:
                 # garbage the parsing above let through (e.g. a record's field of the wrong type)
                 del self.findings[before:]
                 name = CHECKS[len(self.findings)]
                 self.findings.append(Finding(name, "damaged", f"does not parse ({e})"))
         return self.findings
+
+    def backup(self) -> None:
+        index_damaged = any(fd.damaged for fd in self.findings if fd.check in INDEX_CHECKS)
+        found = backup_finding(
+            self.path, index_damaged, self.generation, self.fields, self.rounds, self.meta
+        )
+        if found.status == "ok" and "rebuild" in found.detail:  # the index is what is damaged
+            self.findings[:] = [
+                dataclasses.replace(fd, repair=REBUILD, repairable=True)
+                if fd.damaged and fd.check in INDEX_CHECKS
+                else fd
+                for fd in self.findings
+            ]
+        self.findings.append(found)
 
 
 def check_pool(path: str | Path) -> list[Finding]:
@@ -307,13 +313,27 @@ def check_pool(path: str | Path) -> list[Finding]:
     path = Path(path)
     if not path.is_file():
         raise PoolFormatError(f"{path}: no such pool file")
+    if index_seals(path) is None and (crash := crashes_hdf5(path)):  # no seal to trust
+        return [Finding("attributes", "damaged", crash, repair="restore the index from a copy")] + [
+            Finding(c, "skipped", "the index crashes HDF5") for c in CHECKS[1:]
+        ]
     try:
+        check_index_seal(path)
         f = h5py.File(path, "r", locking=False)
-    except OSError as e:
-        raise PoolFormatError(f"{path}: not an HDF5 file ({e})") from None
+    except (OSError, RuntimeError, PoolFormatError) as e:
+        found = unopenable(path, " ".join(str(e).split()))
+        if found is None:
+            raise PoolFormatError(f"{path}: not an HDF5 file ({e})") from None
+        return found
     with f:
-        if "format" not in f.attrs and "pool" not in f:
-            raise PoolFormatError(f"{path}: not a dgaal pool (no format attribute, no pool/)")
+        try:
+            if "format" not in f.attrs and "pool" not in f:
+                raise PoolFormatError(f"{path}: not a dgaal pool (no format attribute, no pool/)")
+        except (OSError, RuntimeError) as e:  # too damaged to tell
+            found = unopenable(path, " ".join(str(e).split()))
+            if found is None:
+                raise PoolFormatError(f"{path}: damaged beyond reading ({e})") from None
+            return found
         return _Checker(path, f).run()
 
 
@@ -330,6 +350,12 @@ def repair_pool(path: str | Path, findings: list[Finding]) -> tuple[list[str], l
     path = Path(path)
     done: list[str] = []
     left: list[str] = []
+    if any(fd.damaged and fd.repair.startswith(REBUILD) for fd in findings):
+        try:  # first the index, then what a check of the rebuilt one still finds
+            done.append(rebuild_index(path))
+        except DgaalError as e:
+            return done, [f"index: {e}"]
+        findings = check_pool(path)
     for fd in findings:
         if not fd.damaged:
             continue
@@ -337,7 +363,9 @@ def repair_pool(path: str | Path, findings: list[Finding]) -> tuple[list[str], l
             left.append(f"{fd.check}: {fd.repair or 'no automatic repair'}")
             continue
         try:
-            if fd.check == "orphans":
+            if fd.check == "backup":
+                done.append(rewrite_backup(path))
+            elif fd.check == "orphans":
                 with PoolWriter(path, purpose="dgaal pool check --repair") as w:
                     gone = [p.name for p in w.orphans_removed]
                 done.append(f"removed {len(gone)} orphan files: {', '.join(gone)}")

@@ -8,6 +8,8 @@ Inside the file ``pool/images`` and ``test/images`` are HDF5 *virtual datasets* 
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,8 +18,9 @@ from typing import Any
 import h5py
 import numpy as np
 
-from dgaal_core.atomic import replacing
-from dgaal_core.errors import PoolFormatError
+from dgaal_core.atomic import TMP_MARK, require_space, write_bytes
+from dgaal_core.errors import PoolCopyError, PoolFormatError
+from dgaal_core.pool.backup import backup_path, read_backup, write_backup
 from dgaal_core.pool.reader import PoolReader
 from dgaal_core.pool.schema import (
     FORMAT,
@@ -28,7 +31,7 @@ from dgaal_core.pool.schema import (
     VERSION,
     shard_dir,
 )
-from dgaal_core.pool.shards import new_pool_id
+from dgaal_core.pool.shards import file_sha256, new_pool_id
 
 
 @dataclass
@@ -109,12 +112,27 @@ def _write(f: h5py.File, ix: Index, folder: str) -> None:
     )
 
 
+def index_bytes(ix: Index) -> int:
+    """A generous estimate of the size of ``ix`` as an HDF5 file."""
+    per_row = sum(dtype.itemsize for dtype, _ in ROW_FIELDS.values()) + TRUTH_DTYPE.itemsize
+    text = len(json.dumps(ix.meta)) + sum(len(json.dumps(r)) + 64 for r in ix.rounds)
+    shards = 256 * (len(ix.pool_shards) + len(ix.test_shards))  # names, sums, virtual maps
+    return int(1.25 * (per_row * (ix.num_rows + ix.test_labels.size) + text + shards)) + (64 << 10)
+
+
 def write_index(path: Path, ix: Index) -> None:
-    """Write ``ix`` to ``path`` atomically (see the module docstring)."""
-    with replacing(path) as tmp:
-        with h5py.File(tmp, "w", locking=False) as f:
-            _write(f, ix, shard_dir(path).name)
-            f.flush()
+    """Write ``ix`` to ``path`` atomically (see the module docstring), after checking that the
+    file system has room for it (HDF5 does not survive a full disk mid-write), and its backup
+    (:mod:`dgaal_core.pool.backup`) just before it."""
+    require_space(path.parent, 2 * index_bytes(ix), f"the pool index {path.name}")
+    buffer = io.BytesIO()  # built in memory: a full disk then fails a plain write, not HDF5
+    with h5py.File(buffer, "w") as f:
+        _write(f, ix, shard_dir(path).name)
+    data = buffer.getvalue()
+    previous = file_sha256(path) if path.is_file() else ""
+    # the second copy first (with the new index's digest): a damaged index is rebuilt from it
+    write_backup(path, ix, hashlib.sha256(data).hexdigest(), previous)
+    write_bytes(path, data)
 
 
 def load_index(path: Path) -> Index:
@@ -145,3 +163,91 @@ def shards_of(path: Path) -> tuple[str | None, set[str]]:
             return r.pool_id, {s.name for s in r.pool_shards} | {s.name for s in r.test_shards}
     except PoolFormatError:
         return None, set()
+
+
+@dataclass(frozen=True)
+class Sibling:
+    """Another pool index beside this one with the same stem (``pools.h5`` and ``pools.hdf5``):
+    it shares this pool's shard folder and work folder."""
+
+    path: Path
+    pool_id: str | None
+    shards: frozenset[str]
+
+
+def siblings(path: Path) -> list[Sibling]:
+    """The other readable dgaal pools in ``path``'s folder whose name has ``path``'s stem. Read
+    straight from their attributes (cheap); files that are not pools are skipped."""
+    out = []
+    folder = path.parent if str(path.parent) else Path(".")
+    for other in sorted(folder.glob(f"{glob_escape(path.stem)}.*")):
+        if other.stem != path.stem or other.name == path.name or not other.is_file():
+            continue
+        if other.suffix in (".lock", ".json") or TMP_MARK in other.name:
+            continue
+        try:
+            with h5py.File(other, "r", locking=False) as f:
+                if f.attrs.get("format") != FORMAT:
+                    continue
+                pool_id = f.attrs.get("pool_id")
+                names = {n for n, _ in json.loads(f.attrs.get("pool_shards", "[]"))}
+                names |= {n for n, _ in json.loads(f.attrs.get("test_shards", "[]"))}
+        except (OSError, ValueError, TypeError):
+            continue
+        out.append(Sibling(other, None if pool_id is None else str(pool_id), frozenset(names)))
+    return out
+
+
+def glob_escape(name: str) -> str:
+    """``name`` with glob's special characters taken literally."""
+    return "".join(f"[{c}]" if c in "*?[]" else c for c in name)
+
+
+def refuse_copies(path: Path, pool_id: str) -> None:
+    """:class:`PoolCopyError` when another index beside ``path`` is the same pool (a ``cp p.h5
+    p.hdf5``): the two would overwrite each other's rounds and delete each other's shards."""
+    twins = [s.path for s in siblings(path) if s.pool_id == pool_id]
+    if twins:
+        raise PoolCopyError(
+            f"{path} and {twins[0]} are the same pool (pool id {pool_id}) and share "
+            f"{shard_dir(path)} and {path.with_name(path.stem + '.dgaal')}: writing either "
+            "would damage the other; delete one, or copy the pool to another folder with its "
+            f"shard folder (cp -a {path.name} {shard_dir(path).name} DEST/)"
+        )
+
+
+def index_from_backup(path: Path) -> Index:
+    """The index of the pool at ``path`` as its backup holds it (:class:`PoolFormatError` when
+    the backup is missing or damaged)."""
+    state, arrays = read_backup(path)
+    try:
+        return Index(
+            image_shape=tuple(int(v) for v in state["image_shape"]),  # type: ignore[arg-type]
+            class_names=[str(c) for c in state["class_names"]],
+            fields={k: arrays[f"field_{k}"] for k in ROW_FIELDS},
+            pool_shards=[(str(n), int(r)) for n, r in state["pool_shards"]],
+            test_shards=[(str(n), int(r)) for n, r in state["test_shards"]],
+            test_labels=arrays["test_labels"],
+            truth=arrays.get("truth") if state["has_truth"] else None,
+            rounds=list(state["rounds"]),
+            meta=dict(state["meta"]),
+            generation=int(state["generation"]),
+            created=str(state.get("created", "")),
+            pool_id=str(state["pool_id"]),
+            checksums=dict(state["checksums"]),
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise PoolFormatError(f"{backup_path(path)}: damaged backup ({e!r})") from None
+
+
+def refresh_backup(path: Path, ix: Index) -> None:
+    """Rewrite the backup when it is missing (an older pool) or not of ``ix``'s generation (a
+    crash between the backup and the index of the last commit). Call under the writer lock."""
+    try:
+        state, _ = read_backup(path)
+        current = int(state.get("generation", -1)) == ix.generation
+    except PoolFormatError:
+        current = False
+    if not current:
+        require_space(path.parent, index_bytes(ix), f"the backup of {path.name}")
+        write_backup(path, ix, file_sha256(path))

@@ -8,6 +8,8 @@ that was killed before it published them (nothing else would ever delete them).
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -19,7 +21,8 @@ from typing import Any
 
 import filelock
 
-from dgaal_core.errors import PoolLockedError
+from dgaal_core.atomic import storage_error
+from dgaal_core.errors import PoolLockedError, StorageError
 from dgaal_core.pool.schema import lock_path
 
 
@@ -93,14 +96,18 @@ class WriterLock:
         self._lock = filelock.FileLock(str(self.path), timeout=timeout)
 
     def __enter__(self) -> WriterLock:
-        self.pool_path.parent.mkdir(parents=True, exist_ok=True)
         try:
+            self.pool_path.parent.mkdir(parents=True, exist_ok=True)
+            if self.path.is_dir():
+                raise IsADirectoryError(errno.EISDIR, "is a folder", str(self.path))
             self._lock.acquire()
         except filelock.Timeout:
             raise PoolLockedError(
                 f"{self.pool_path} is being written by {describe(_read_info(self.pool_path))}; "
                 "wait for it to finish (or stop it) and try again"
             ) from None
+        except OSError as e:
+            raise self._unwritable(e, self.path) from None
         self.stale = _read_info(self.pool_path)  # still there: left by a holder that died
         note = {
             "creating": self.creating,
@@ -109,8 +116,26 @@ class WriterLock:
             "purpose": self.purpose,
             "since": time.strftime("%Y-%m-%d %H:%M:%S"),
         }
-        self.info_path.write_text(json.dumps(note))
+        try:
+            self.info_path.write_text(json.dumps(note))
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                self.info_path.unlink(missing_ok=True)
+            self._lock.release()
+            raise self._unwritable(e, self.info_path) from None
         return self
+
+    def _unwritable(self, e: OSError, path: Path) -> Exception:
+        """The one line for a lock that cannot be taken: the pool's folder must be writable."""
+        line = storage_error(e, path)
+        if line is None:
+            return e
+        if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            return line
+        return StorageError(
+            f"{line}; writing {self.pool_path} needs a writable folder "
+            f"{self.pool_path.parent.resolve()}"
+        )
 
     def __exit__(self, *exc: object) -> None:
         self.info_path.unlink(missing_ok=True)

@@ -10,10 +10,7 @@ uses it (h5py handles must not cross a fork).
 
 from __future__ import annotations
 
-import itertools
 import json
-import queue
-import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +20,8 @@ import h5py
 import numpy as np
 
 from dgaal_core.errors import PoolFormatError
+from dgaal_core.pool.backup import index_seals
+from dgaal_core.pool.blocks import contiguous_runs, read_ahead
 from dgaal_core.pool.schema import (
     FORMAT,
     IMAGES,
@@ -35,11 +34,7 @@ from dgaal_core.pool.schema import (
     State,
     shard_dir,
 )
-
-# Reads closer together than this many rows are merged into one contiguous read: h5py reads
-# contiguous blocks at GB/s but fancy indexing at a few thousand rows per second.
-MERGE_GAP = 16
-MAX_BLOCK_ROWS = 4096
+from dgaal_core.pool.shards import seal_holds
 
 
 @dataclass(frozen=True)
@@ -64,8 +59,15 @@ def _shards_from_attr(raw: Any) -> list[Shard]:
 class _ShardedImages:
     """Rows of one image split (pool or test) read straight from its shard files."""
 
-    def __init__(self, pool_path: Path, shards: Sequence[Shard], image_shape: tuple[int, int, int]):
+    def __init__(
+        self,
+        pool_path: Path,
+        shards: Sequence[Shard],
+        image_shape: tuple[int, int, int],
+        seals: dict[str, str] | None = None,
+    ):
         self._dir = shard_dir(pool_path)
+        self._seals = seals or {}  # shard name -> SHA-256 sealed when it was written
         self._shards = shards
         self._starts = np.array([s.start for s in shards], dtype=np.int64)
         self._files: dict[str, h5py.File] = {}
@@ -98,6 +100,22 @@ class _ShardedImages:
                 raise PoolFormatError(
                     f"{self._pool_path}: damaged pool: its image shard {path} is unreadable ({e})"
                 ) from None
+            seal = self._seals.get(s.name)
+            if seal is not None and not seal_holds(path, seal):
+                f.close()
+                raise PoolFormatError(
+                    f"{self._pool_path}: damaged pool: its image shard {path} has changed since "
+                    "it was written (checksum mismatch); its images are not used. Run `dgaal "
+                    "pool check` and restore the shard from a backup"
+                )
+            ds = f.get(IMAGES)
+            if ds is None or tuple(ds.shape[1:]) != self.image_shape or ds.shape[0] < s.rows:
+                shape = None if ds is None else ds.shape
+                f.close()
+                raise PoolFormatError(
+                    f"{self._pool_path}: damaged pool: its image shard {path} holds {shape}, "
+                    f"expected ({s.rows}, {', '.join(map(str, self.image_shape))})"
+                )
             self._files[s.name] = f
         return f[IMAGES]
 
@@ -137,22 +155,15 @@ class _ShardedImages:
         self._files.clear()
 
 
-def contiguous_runs(sorted_ids: np.ndarray) -> Iterator[tuple[int, int]]:
-    """Split sorted ids into index ranges ``[a, b)`` that are each read as one contiguous block
-    (ids closer than ``MERGE_GAP`` merged, at most ``MAX_BLOCK_ROWS`` rows per block)."""
-    n = sorted_ids.size
-    if n == 0:
-        return
-    breaks = np.flatnonzero(np.diff(sorted_ids) > MERGE_GAP) + 1
-    edges = [0, *breaks.tolist(), n]
-    for a, b in itertools.pairwise(edges):
-        # cap the rows per read so memory stays bounded for long dense runs
-        while a < b:
-            lo = sorted_ids[a]
-            c = a + int(np.searchsorted(sorted_ids[a:b], lo + MAX_BLOCK_ROWS, side="left"))
-            c = max(c, a + 1)
-            yield a, c
-            a = c
+def check_index_seal(path: Path) -> None:
+    """:class:`PoolFormatError` when the index's bytes match neither digest its backup records
+    (flipped bits, a torn copy): HDF5 must not read it. Once per file version per process."""
+    seals = index_seals(path)
+    if seals is not None and not any(seal_holds(path, s) for s in seals):
+        raise PoolFormatError(
+            f"{path}: damaged pool index (its bytes are not those its last commit wrote); "
+            "`dgaal pool check --repair` rebuilds it from its backup"
+        )
 
 
 class PoolReader:
@@ -165,20 +176,28 @@ class PoolReader:
         self.path = Path(path)
         if not self.path.exists():
             raise PoolFormatError(f"{self.path}: no such pool file")
+        check_index_seal(self.path)  # before HDF5 parses it: damaged metadata can crash HDF5
         try:
             f = h5py.File(self.path, "r", locking=False)
-        except OSError as e:
+        except (OSError, RuntimeError) as e:
             raise PoolFormatError(f"{self.path}: not an HDF5 file ({e})") from None
         with f:
             self._load(f)
-        self._images = _ShardedImages(self.path, self.pool_shards, self.image_shape)
-        self._test = _ShardedImages(self.path, self.test_shards, self.image_shape)
+        seals = self.shard_sha256
+        self._images = _ShardedImages(self.path, self.pool_shards, self.image_shape, seals)
+        self._test = _ShardedImages(self.path, self.test_shards, self.image_shape, seals)
 
     def _load(self, f: h5py.File) -> None:
         fmt = f.attrs.get("format")
         if fmt != FORMAT:
             raise PoolFormatError(f"{self.path}: not a dgaal pool (format attribute is {fmt!r})")
-        version = int(f.attrs.get("version", -1))
+        try:
+            version = int(f.attrs.get("version", -1))
+        except (TypeError, ValueError):
+            raise PoolFormatError(
+                f"{self.path}: damaged pool, its version attribute is "
+                f"{f.attrs.get('version')!r}; run `dgaal pool check` for details"
+            ) from None
         if version != VERSION:
             raise PoolFormatError(
                 f"{self.path}: pool format version {version}, this dgaal reads version {VERSION}"
@@ -302,7 +321,7 @@ class PoolReader:
             for b in batches:
                 yield b, self._images.read(b)
             return
-        yield from _read_ahead(batches, self._images.read, prefetch)
+        yield from read_ahead(batches, self._images.read, prefetch)
 
     def summary(self) -> dict[str, Any]:
         """Counts for ``dgaal pool info --json`` (keys documented in the README)."""
@@ -344,40 +363,3 @@ class PoolReader:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _read_ahead(
-    batches: Iterator[np.ndarray], read: Any, depth: int
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Run ``read`` over ``batches`` on a background thread, ``depth`` batches ahead."""
-    q: queue.Queue[Any] = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-    done = object()
-
-    def work() -> None:
-        try:
-            for b in batches:
-                if stop.is_set():
-                    return
-                q.put((b, read(b)))
-            q.put(done)
-        except BaseException as e:  # handed to the consumer, re-raised there
-            q.put(e)
-
-    t = threading.Thread(target=work, name="dgaal-pool-read-ahead", daemon=True)
-    t.start()
-    try:
-        while True:
-            item = q.get()
-            if item is done:
-                break
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        while t.is_alive():  # unblock a producer waiting on a full queue
-            try:
-                q.get_nowait()
-            except queue.Empty:
-                t.join(timeout=0.05)

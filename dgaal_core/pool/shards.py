@@ -8,6 +8,7 @@ own id. Call the removal functions under the pool's writer lock (:mod:`dgaal_cor
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import uuid
 from pathlib import Path
@@ -16,9 +17,14 @@ from typing import Any
 import h5py
 import numpy as np
 
-from dgaal_core.atomic import TMP_MARK, fsync_path
+from dgaal_core.atomic import TMP_MARK, fsync_path, hdf5_storage_error, require_space
 from dgaal_core.errors import PoolUpdateError
 from dgaal_core.pool.schema import IMAGE_DTYPE, IMAGES, chunk_rows, owns_shard, shard_dir
+
+
+def chunk_bytes(image_shape: tuple[int, int, int]) -> int:
+    """Bytes of one HDF5 chunk of a shard (allocated whole)."""
+    return chunk_rows(image_shape) * int(np.prod(image_shape))
 
 
 def file_sha256(path: Path) -> str:
@@ -28,6 +34,22 @@ def file_sha256(path: Path) -> str:
         while block := fh.read(1 << 20):
             h.update(block)
     return h.hexdigest()
+
+
+_SEALED: set[tuple[str, int, int, int, str]] = set()  # shards this process found intact
+
+
+def seal_holds(path: Path, expected: str) -> bool:
+    """Whether the shard at ``path`` still hashes to ``expected``; each file is hashed once per
+    process (again only if its inode, size or modification time changed)."""
+    st = path.stat()
+    key = (str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns, expected)
+    if key in _SEALED:
+        return True
+    if file_sha256(path) != expected:
+        return False
+    _SEALED.add(key)
+    return True
 
 
 def new_pool_id() -> str:
@@ -51,7 +73,11 @@ class ShardWriter:
         self.image_shape = image_shape
         self.rows = 0
         self.sha256 = ""  # set by close(): the finished file's checksum, kept in the index
-        self._f = h5py.File(self.path, "w", locking=False)
+        require_space(folder, chunk_bytes(image_shape), f"a new image shard {self.name}")
+        try:
+            self._f = h5py.File(self.path, "w", locking=False)
+        except OSError as e:
+            raise hdf5_storage_error(e, self.path) or e from None
         try:
             self._ds = self._f.create_dataset(
                 IMAGES,
@@ -72,23 +98,34 @@ class ShardWriter:
                 f"got {images.dtype} {list(images.shape)}"
             )
         n = images.shape[0]
-        self._ds.resize(self.rows + n, axis=0)
-        self._ds[self.rows : self.rows + n] = images
+        require_space(
+            self.path.parent, images.nbytes + chunk_bytes(self.image_shape), f"{n} images"
+        )
+        try:
+            self._ds.resize(self.rows + n, axis=0)
+            self._ds[self.rows : self.rows + n] = images
+        except (OSError, RuntimeError) as e:
+            raise hdf5_storage_error(e, self.path) or e from None
         self.rows += n
 
     def close(self) -> None:
         """Finish the file: flush, close, fsync, and compute its checksum."""
         if self._f.id.valid:
-            self._f.flush()
-            self._f.close()
-            fsync_path(self.path)
+            try:
+                self._f.flush()
+                self._f.close()
+                fsync_path(self.path)
+            except (OSError, RuntimeError) as e:
+                raise hdf5_storage_error(e, self.path) or e from None
             self.sha256 = file_sha256(self.path)
 
     def discard(self) -> None:
         """Close and delete the file (a write that will never be published)."""
-        if self._f.id.valid:
-            self._f.close()
-        self.path.unlink(missing_ok=True)
+        with contextlib.suppress(Exception):  # after a failed write HDF5 may refuse to close
+            if self._f.id.valid:
+                self._f.close()
+        with contextlib.suppress(OSError):
+            self.path.unlink(missing_ok=True)
 
 
 def remove_orphans(pool_path: Path, pool_id: str, keep: set[str]) -> list[Path]:

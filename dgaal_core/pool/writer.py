@@ -36,7 +36,15 @@ from typing import Any
 import numpy as np
 
 from dgaal_core.errors import PoolExistsError, PoolFormatError, PoolUpdateError
-from dgaal_core.pool.index import Index, load_index, shards_of, write_index
+from dgaal_core.pool.index import (
+    Index,
+    load_index,
+    refresh_backup,
+    refuse_copies,
+    shards_of,
+    siblings,
+    write_index,
+)
 from dgaal_core.pool.lock import WriterLock, process_purpose
 from dgaal_core.pool.schema import ROW_FIELDS, TRUTH_DTYPE, Origin, State, shard_dir
 from dgaal_core.pool.shards import (
@@ -85,6 +93,7 @@ class PoolBuilder:
         if self.path.exists() and not self.force:
             raise PoolExistsError(f"{self.path} already exists; pass --force to replace it")
         self._folder_existed = shard_dir(self.path).exists()
+        self._new_parents = [d for d in self.path.parents if not d.exists()]  # deepest first
         self._lock.__enter__()
         try:
             if self.path.exists():
@@ -92,6 +101,7 @@ class PoolBuilder:
             remove_dead_create(self.path, self._lock.stale, self._replaced[0])
             self._pool = ShardWriter(self.path, "pool", self.image_shape, self.pool_id)  # type: ignore[arg-type]
         except BaseException:
+            self._remove_new_folder()
             self._release()
             raise
         return self
@@ -176,10 +186,11 @@ class PoolBuilder:
         self._done = True
         remove_orphans(self.path, self.pool_id, ix.referenced())
         old_id, old_shards = self._replaced  # the pool that --force replaced: all of its shards
-        for name in old_shards - ix.referenced():
+        keep = ix.referenced().union(*(s.shards for s in siblings(self.path)))  # and no copy's
+        for name in old_shards - keep:
             (shard_dir(self.path) / name).unlink(missing_ok=True)
         if old_id is not None:
-            remove_orphans(self.path, old_id, ix.referenced())
+            remove_orphans(self.path, old_id, keep)
 
     def __exit__(self, exc_type: object, *exc: object) -> None:
         try:
@@ -187,17 +198,26 @@ class PoolBuilder:
                 for w in (self._pool, self._test):
                     if w is not None:
                         w.discard()
-                if not self._folder_existed:  # leave no empty shard folder behind either
-                    with contextlib.suppress(OSError):
-                        shard_dir(self.path).rmdir()
+                self._remove_new_folder()
         finally:
             self._release()
+
+    def _remove_new_folder(self) -> None:
+        """A creation that made no pool leaves no (empty) shard folder behind either, nor the
+        parent folders it had to make for the pool."""
+        if not self._folder_existed:
+            with contextlib.suppress(OSError):
+                shard_dir(self.path).rmdir()
+        for folder in self._new_parents:  # deepest first; only empty ones go
+            with contextlib.suppress(OSError):
+                folder.rmdir()
 
     def _release(self) -> None:
         """Release the lock; a creation that made no pool leaves no lock file either."""
         self._lock.__exit__()
         if not self._done and not self.path.exists():
             self._lock.path.unlink(missing_ok=True)
+            self._remove_new_folder()
 
 
 # --------------------------------------------------------------------------------------------
@@ -222,8 +242,11 @@ class PoolWriter:
         self._lock.__enter__()
         try:
             self._ix = load_index(self.path)
+            refuse_copies(self.path, self._ix.pool_id)
+            refresh_backup(self.path, self._ix)
+            keep = self._ix.referenced().union(*(s.shards for s in siblings(self.path)))
             self.orphans_removed = remove_orphans(
-                self.path, self._ix.pool_id, self._ix.referenced()
+                self.path, self._ix.pool_id, keep
             ) + remove_dead_create(self.path, self._lock.stale, self._ix.pool_id)
         except BaseException:
             self._lock.__exit__()
