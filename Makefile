@@ -24,7 +24,7 @@ lint: $(STAMP)
 	$(BIN)/mypy dgaal_core export
 
 test: lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 clean:
 	rm -rf $(VENV) demo-work .pytest_cache .mypy_cache .ruff_cache
