@@ -34,6 +34,7 @@ from dgaal_core.experiment.curves import aggregate
 from dgaal_core.experiment.report import headline, verdict, write_report
 from dgaal_core.experiment.runner import Experiment
 from dgaal_core.loop.config import RoundConfig
+from export.embed import embed_pool, round_embedder
 from export.round_backend import onnx_exporter
 
 HERE = Path(__file__).resolve().parent
@@ -85,6 +86,29 @@ def _floor_text(floor: dict | None, seeds: int) -> str:
     )
 
 
+def embed_source(pool: Path, encoder: str, cache: Path) -> dict | None:
+    """Embed ``pool`` with ``encoder`` unless it already is (the run pools copy the source's
+    embeddings); returns what the results record about it."""
+    if encoder == "none":
+        return None
+    from encoders import mobilenetv2_onnx
+
+    from dgaal_core.pool.embeddings import read_manifest
+    from dgaal_core.pool.shards import file_sha256
+
+    model = mobilenetv2_onnx(cache / "encoders")
+    sha = file_sha256(model)
+    manifest = read_manifest(pool)
+    seconds = None
+    if manifest is None or manifest.encoder["sha256"] != sha:
+        t0 = time.perf_counter()
+        manifest, _ = embed_pool(pool, model, provider="cpu")
+        seconds = round(time.perf_counter() - t0, 1)
+        print(f"embedded {pool} with {model.name} in {seconds} s", flush=True)
+    return {"name": manifest.encoder.get("name"), "sha256": sha, "dim": manifest.dim,
+            "embed_seconds": seconds}  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--out", type=Path, default=HERE / "results" / "al_curve")
@@ -107,6 +131,13 @@ def main() -> None:
         metavar="NAME=VALUE",
         help="a RoundConfig setting for every run, e.g. shortlist=4 (repeatable)",
     )
+    ap.add_argument(
+        "--encoder",
+        default="none",
+        choices=("none", "mobilenetv2"),
+        help="embed the pool first (mobilenetv2: the ImageNet MobileNetV2 of encoders.py); "
+        "with --setting task_model='\"linear\"' T is a head on these embeddings",
+    )
     ap.add_argument("--measure", action="store_true", help="time one DGAAL run and stop")
     ap.add_argument(
         "--no-floor", action="store_true", help="skip T's noise floor (see task_noise.py instead)"
@@ -117,6 +148,7 @@ def main() -> None:
     source = make_pool(
         args.work / f"{args.data}-{args.split}.h5", source_for(args.data, args.split, args.cache)
     )
+    embedded = embed_source(source, args.encoder, args.cache)
     settings = {k: json.loads(v) for k, v in (x.split("=", 1) for x in args.setting)}
     config = ExperimentConfig(
         strategies=("dgaal",) if args.measure else parse_list(args.strategies),
@@ -132,7 +164,10 @@ def main() -> None:
         ),
     )
     work = args.work / ("measure" if args.measure else "experiment")
-    exp = Experiment(source, work, config, onnx_exporter(provider="cpu"), log=print)
+    exp = Experiment(
+        source, work, config, onnx_exporter(provider="cpu"), log=print,
+        embedder=round_embedder("cpu"),
+    )  # fmt: skip
     print(f"schedule: labelled counts {exp.targets} of {exp.real}; {config.to_dict()}", flush=True)
     wall_file = work / "wall_seconds.json"  # summed over invocations (kills and resumes)
     before = json.loads(wall_file.read_text())["seconds"] if wall_file.exists() else 0.0
@@ -157,8 +192,9 @@ def main() -> None:
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "encoder": embedded,
     }
-    if "random" in config.strategies and not args.no_floor:
+    if "random" in config.strategies and not args.no_floor and config.round.task_model == "cnn":
         floor = noise_floor(exp.pool_path("random", config.seeds[0]), config.round)
         benchmark["task_noise_floor"] = floor
     source_text = {

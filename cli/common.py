@@ -229,6 +229,14 @@ RetrainGanOpt = Annotated[
         show_default=False,
     ),
 ]
+TaskModelOpt = Annotated[
+    str,
+    typer.Option(
+        help="T: cnn (end to end on the pixels) | linear (a head on the pool's embeddings: run "
+        "`dgaal pool embed` first).",
+        callback=_one_of("--task-model", ("cnn", "linear")),
+    ),
+]
 PmseWeightOpt = Annotated[float | None, typer.Option(help="lambda of Eq. 8 (preset: 0.1).")]
 NoiseSpreadOpt = Annotated[
     float, typer.Option(help="x_g's noise-head scales are drawn in [1 - s, 1 + s].")

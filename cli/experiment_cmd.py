@@ -26,6 +26,7 @@ from .common import (
     ShortlistOpt,
     TaskEpochsOpt,
     TaskMinStepsOpt,
+    TaskModelOpt,
     TaskWeightOpt,
     handle_errors_deferred,
     method_settings,
@@ -75,7 +76,8 @@ def experiment_command(
     strategies: Annotated[
         str,
         typer.Option(
-            help="Comma-separated: dgaal, dgaal-paper, vaal, vaal-coevo, random, entropy, coreset."
+            help="Comma-separated: dgaal, dgaal-paper, vaal, vaal-coevo, random, entropy, "
+            "margin, coreset, badge."
         ),
     ] = "dgaal,vaal,vaal-coevo,random",
     seeds: Annotated[
@@ -104,6 +106,7 @@ def experiment_command(
     noise_spread: NoiseSpreadOpt = 0.05,
     noise_skips: NoiseSkipsOpt = False,
     depth_limit: DepthLimitOpt = 2,
+    task_model: TaskModelOpt = "cnn",
     device: DeviceOpt = "auto",
     provider: ProviderOpt = "auto",
     report: Annotated[
@@ -125,6 +128,7 @@ def experiment_command(
     from dgaal_core.experiment.runner import Experiment
     from dgaal_core.loop.config import RoundConfig
     from dgaal_core.values import parse_size
+    from export.embed import round_embedder
     from export.round_backend import onnx_exporter
 
     from .progress import safe_point
@@ -141,6 +145,7 @@ def experiment_command(
             round=RoundConfig(
                 preset=preset, device=device, gan_steps=gan_steps, gan_epochs=epochs,
                 task_epochs=task_epochs, coevolve_steps=coevolve_steps, depth_limit=depth_limit,
+                task_model=task_model,
                 **method_settings(
                     task_min_steps, shortlist, task_weight, generated_cap, retrain_gan,
                     pmse_weight, noise_spread, noise_skips,
@@ -156,8 +161,9 @@ def experiment_command(
         require_matplotlib()
     log = (lambda *_: None) if quiet else progress_line
     exp = Experiment(
-        pool, out, config, onnx_exporter(provider=provider), progress=safe_point, log=log
-    )
+        pool, out, config, onnx_exporter(provider=provider), progress=safe_point, log=log,
+        embedder=round_embedder(provider),
+    )  # fmt: skip
     runs = len(config.strategies) * len(config.seeds)
     log(
         f"{runs} runs ({', '.join(config.strategies)} x seeds {list(config.seeds)}), "

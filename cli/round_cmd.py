@@ -30,6 +30,7 @@ from .common import (
     ShortlistOpt,
     TaskEpochsOpt,
     TaskMinStepsOpt,
+    TaskModelOpt,
     TaskWeightOpt,
     WorkdirOpt,
     WorkersOpt,
@@ -76,7 +77,10 @@ def round_command(
     pool: PoolOpt,
     strategy: Annotated[
         str,
-        typer.Option(help="dgaal | dgaal-paper | vaal | vaal-coevo | random | entropy | coreset"),
+        typer.Option(
+            help="dgaal | dgaal-paper | vaal | vaal-coevo | random | entropy | margin | coreset "
+            "| badge"
+        ),
     ] = "dgaal",
     budget: Annotated[
         str, typer.Option(help="Images to select: a fraction of the real images (0.05) or a count.")
@@ -111,6 +115,7 @@ def round_command(
     augment_ratio: Annotated[
         float, typer.Option(help="Share of x_g that joins the labelled set directly (sec. 4.3.2).")
     ] = 0.0,
+    task_model: TaskModelOpt = "cnn",
     workdir: WorkdirOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
     engine: EngineOpt = EngineName.local,
@@ -142,6 +147,7 @@ def round_command(
             preset=preset, seed=seed, device=device, gan_epochs=epochs, gan_steps=gan_steps,
             task_epochs=task_epochs, coevolve_steps=coevolve_steps,
             depth_limit=depth_limit, augment_ratio=augment_ratio, take_all=take_all,
+            task_model=task_model,
             **method_settings(
                 task_min_steps, shortlist, task_weight, generated_cap, retrain_gan, pmse_weight,
                 noise_spread, noise_skips,
@@ -151,6 +157,7 @@ def round_command(
         raise DgaalError(str(e)) from None
     ray = ray_options(engine, address, workers, provider, None)
     from dgaal_core.loop.round import AwaitingLabels, Round
+    from export.embed import round_embedder
     from export.round_backend import onnx_exporter
 
     from .progress import StageProgress, console
@@ -161,7 +168,8 @@ def round_command(
         exporter = onnx_exporter(
             provider=provider, progress=bars.stage("Scoring candidates"), ray=ray
         )
-        job = Round(pool, cfg, exporter, workdir=workdir, progress=bars, log=log)
+        embedder = round_embedder(provider)
+        job = Round(pool, cfg, exporter, workdir=workdir, progress=bars, log=log, embedder=embedder)
         outcome = job.run()
     if isinstance(outcome, AwaitingLabels):
         if not outcome.new:  # run again before the answers are in: an error, as before

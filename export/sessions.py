@@ -240,7 +240,12 @@ class ModelSession:
         if self.provider == "cuda" and self.session.get_providers()[0] != CUDA_EP:
             # onnxruntime fell back to the CPU on its own (e.g. libcudnn missing): say so
             self._cuda_failed("onnxruntime fell back to the CPU")
-        meta = dict(self.session.get_modelmeta().custom_metadata_map)
+        self._check_graph(dict(self.session.get_modelmeta().custom_metadata_map))
+        self.io_binding = self.provider == "cuda"
+
+    def _check_graph(self, meta: dict[str, str]) -> None:
+        """Check the loaded graph: dgaal metadata of this ``kind``, the expected inputs and
+        outputs (:class:`ModelFileError` otherwise); sets ``info``."""
         self.info = _parse_info(self.path, meta, self.kind)
         got_in = tuple(i.name for i in self.session.get_inputs())
         got_out = tuple(o.name for o in self.session.get_outputs())
@@ -249,7 +254,6 @@ class ModelSession:
                 f"{self.path}: graph has inputs {got_in} and outputs {got_out}, "
                 f"expected {self.inputs} -> {self.outputs}"
             )
-        self.io_binding = self.provider == "cuda"
 
     def _load(self, so: ort.SessionOptions, cuda: dict[str, Any] | None) -> ort.InferenceSession:
         """An InferenceSession on CPU (``cuda`` None) or CUDA with these provider options."""

@@ -89,6 +89,7 @@ def test_summary_markdown_tables(results):
     assert "| strategy | 10 q | 20 q |" in md
     assert "| dgaal | 30.0% | 20 | 16 | 4.0 | 80.0% |" in md
     assert "seeds 0, 1" in md
+    assert "## Area under the budget curve (AUBC, %)" in md and "| random | 2 | " in md
 
 
 def test_paired_differences_compare_seed_by_seed(results):
@@ -218,3 +219,14 @@ def test_report_of_results_needs_neither_torch_nor_onnx(results, tmp_path):
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert (out / "summary.md").is_file() and (out / "accuracy.png").read_bytes().startswith(PNG)
+
+
+def test_aubc_is_the_mean_accuracy_along_the_budget():
+    from dgaal_core.experiment.curves import aubc
+    from dgaal_core.experiment.results import ResultRow
+
+    rows = [ResultRow(0, 10, 0.1, accuracy=0.5), ResultRow(1, 20, 0.2, accuracy=0.7),
+            ResultRow(2, 40, 0.4, accuracy=0.7)]  # fmt: skip
+    # trapezoids: 0.1 * 0.6 + 0.2 * 0.7 = 0.2 over a range of 0.3
+    assert aubc(rows) == pytest.approx(0.2 / 0.3)
+    assert aubc(rows[:1]) is None and aubc(list(reversed(rows))) == pytest.approx(0.2 / 0.3)

@@ -16,11 +16,14 @@ from dgaal_core.errors import EmptyPoolError, PoolExhaustedError
 from dgaal_core.loop.selection import (
     entropy,
     fuse_ranks,
+    margin,
+    select_badge,
     select_coreset,
     select_lowest,
     select_lowest_capped,
     select_random,
     select_spread,
+    select_typiclust,
 )
 from dgaal_core.loop.strategies import (
     STRATEGIES,
@@ -65,6 +68,10 @@ class ArrayContext:
 
     def task_features(self):
         self.asked.add(Need.TASK_FEATURES)
+        return self._feats, self._labelled
+
+    def embeddings(self):
+        self.asked.add(Need.EMBEDDINGS)
         return self._feats, self._labelled
 
 
@@ -210,6 +217,59 @@ def test_entropy_prefers_uncertain_predictions():
     assert entropy(probs)[1] == pytest.approx(np.log(2))
 
 
+def test_margin_prefers_close_calls_over_flat_ones():
+    c = np.array([1, 2, 3], dtype=np.int64)
+    # row 2 is flat over three classes (high entropy) but its top two are 0.1 apart; row 3 is
+    # a near tie between two classes: margin takes row 3, entropy row 2
+    probs = np.array([[0.9, 0.05, 0.05], [0.4, 0.3, 0.3], [0.5, 0.48, 0.02]])
+    ctx = ArrayContext(c, probs=probs)
+    rng = np.random.default_rng(0)
+    assert strategy("margin").select(ctx, 1, rng, NEUTRAL).tolist() == [3]
+    assert strategy("entropy").select(ctx, 1, rng, NEUTRAL).tolist() == [2]
+    np.testing.assert_allclose(margin(probs), [0.85, 0.1, 0.02])
+
+
+def test_badge_distances_equal_the_explicit_gradient_embeddings():
+    """The implicit distances (inner products of the factors) pick what k-means++ on the
+    explicit K*F-dimensional embeddings picks: the largest gradient first, then spread."""
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(3), 40)
+    feats = rng.normal(size=(40, 5))
+    a = probs.copy()
+    a[np.arange(40), a.argmax(1)] -= 1
+    g = (a[:, :, None] * feats[:, None, :]).reshape(40, -1)
+    c = np.arange(40, dtype=np.int64)
+    out = select_badge(c, probs, feats, 1, np.random.default_rng(0))
+    assert out.tolist() == [int(np.argmax((g * g).sum(1)))]
+    # two tight clusters of confident-but-wrong gradients: 2 picks take one of each
+    f2 = np.concatenate(
+        [rng.normal(0, 0.01, (20, 2)) + [5, 0], rng.normal(0, 0.01, (20, 2)) + [0, 5]]
+    )
+    p2 = np.tile([[0.6, 0.4]], (40, 1))
+    for seed in range(5):
+        out = select_badge(c, p2, f2, 2, np.random.default_rng(seed))
+        assert sorted(out // 20) == [0, 1]
+
+
+def test_typiclust_takes_the_dense_middle_of_uncovered_clusters():
+    """Three blobs, one already labelled: the two picks come from the other two, each the
+    candidate nearest its blob's dense centre, not an outlier; with no labels at all (a cold
+    start) it still spreads over the blobs."""
+    rng = np.random.default_rng(0)
+    centres = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    blobs = [c + rng.normal(0, 1, (40, 2)) for c in centres]
+    x = np.concatenate(blobs).astype(np.float32)
+    c = np.arange(120, dtype=np.int64)
+    labelled = centres[:1].astype(np.float32)  # 1 labelled + 2 picks: 3 clusters, the blobs
+    out = select_typiclust(c, x, labelled, 2, np.random.default_rng(0))
+    assert sorted(out // 40) == [1, 2]
+    for i in out:
+        blob = x[(i // 40) * 40 : (i // 40 + 1) * 40]
+        assert np.linalg.norm(x[i] - blob.mean(0)) < 1.0  # near the middle
+    cold = select_typiclust(c, x, np.zeros((0, 2), np.float32), 3, np.random.default_rng(1))
+    assert sorted(cold // 40) == [0, 1, 2]
+
+
 def test_coreset_covers_far_away_clusters_first():
     # labelled images sit at the origin; candidates form three clusters, one of them far away
     rng = np.random.default_rng(0)
@@ -273,7 +333,8 @@ def test_roc_auc_matches_its_definition():
 
 def test_strategy_table_names_every_cli_choice():
     assert set(STRATEGIES) == {
-        "dgaal", "dgaal-paper", "vaal", "vaal-coevo", "random", "entropy", "coreset",
+        "dgaal", "dgaal-paper", "vaal", "vaal-coevo", "random", "entropy", "margin", "coreset",
+        "badge", "typiclust",
     }  # fmt: skip
     assert strategy("dgaal").generate and strategy("dgaal").coevolve
     assert strategy("dgaal-paper").defaults.to_dict() == {

@@ -120,6 +120,28 @@ def paired_differences(results: Results, strategy: str, other: str) -> dict[int,
     return out
 
 
+def aubc(rows: list[ResultRow] | tuple[ResultRow, ...]) -> float | None:
+    """Area under one run's budget curve: accuracy integrated over the labelled ratio
+    (trapezoids, round 0 included) and divided by the ratio's range, i.e. the mean accuracy
+    along the budget; None for fewer than two evaluated rounds."""
+    pts = sorted((r.labelled_ratio, r.accuracy) for r in rows if r.accuracy is not None)
+    if len(pts) < 2 or pts[-1][0] <= pts[0][0]:
+        return None
+    x, y = np.array([p[0] for p in pts]), np.array([p[1] for p in pts], dtype=np.float64)
+    return float(np.sum((y[1:] + y[:-1]) / 2 * np.diff(x)) / (x[-1] - x[0]))
+
+
+def aubc_by_seed(results: Results) -> dict[str, dict[int, float]]:
+    """Per strategy, per seed: :func:`aubc` of each run that has a seed and two evaluated
+    rounds."""
+    out: dict[str, dict[int, float]] = {}
+    for run in results.runs:
+        value = aubc(run.rows)
+        if value is not None and run.seed is not None:
+            out.setdefault(run.strategy, {})[run.seed] = value
+    return out
+
+
 def pct(x: float | None, digits: int = 1) -> str:
     """``0.4243`` -> ``"42.4"``; ``–`` for None."""
     return "–" if x is None else f"{100 * x:.{digits}f}"

@@ -14,10 +14,11 @@ import torch
 from dgaal_core.atomic import replacing
 from dgaal_core.experiment.results import ResultRow
 from dgaal_core.loop.config import RoundConfig
-from dgaal_core.loop.sources import PoolSource, task_outputs
+from dgaal_core.loop.sources import task_outputs
+from dgaal_core.loop.task_models import fit_task
 from dgaal_core.model.data import ArraySource
 from dgaal_core.model.networks import ConvClassifier, build_task_model
-from dgaal_core.model.task import evaluate_task, train_task
+from dgaal_core.model.task import train_task
 from dgaal_core.pool.reader import PoolReader
 from dgaal_core.pool.schema import Origin, State
 from dgaal_core.progress import Progress
@@ -33,14 +34,8 @@ def initial_row(
     with PoolReader(path) as r:
         run = config.run_config(r.image_shape, r.num_classes)
         ids = r.ids(State.LABELLED)
-        task = build_task_model(run.model, derive_seed(run.train.seed, "task", 0))
-        rng = np.random.default_rng(derive_seed(seed, "task", 0))
-        train_task(task, PoolSource(r, ids, r.labels[ids]), run.train, rng, progress=progress)
-        test_x, test_y = r.read_test()
-        metrics = evaluate_task(
-            task, ArraySource(test_x, test_y.astype(np.int64)), r.num_classes,
-            device=run.train.device,
-        )  # fmt: skip
+        task = fit_task(r, config.task_model, run, seed, 0, progress=progress)
+        metrics = task.evaluate(r)
     return ResultRow(
         round=0,
         labelled=int(ids.size),

@@ -46,11 +46,13 @@ from dgaal_core.experiment.results import (
     set_run_meta,
     write_results,
 )
+from dgaal_core.loop.config import RoundConfig
 from dgaal_core.loop.round import Round
 from dgaal_core.loop.selection import choose_initial
-from dgaal_core.loop.serving import Exporter
+from dgaal_core.loop.serving import Embedder, Exporter
 from dgaal_core.loop.state import RoundRecord, pending_round
 from dgaal_core.loop.workdir import work_dir
+from dgaal_core.pool.embeddings import copy_embeddings
 from dgaal_core.pool.reader import PoolReader
 from dgaal_core.pool.schema import Origin, State
 from dgaal_core.pool.writer import PoolBuilder, PoolWriter
@@ -69,7 +71,8 @@ class Experiment:
     """Runs (or resumes) every strategy x seed of ``config`` on copies of ``source``.
 
     ``exporter`` serves the sampler and generator to each round (the CLI passes
-    ``export.round_backend.onnx_exporter``). ``log`` receives one line per finished round,
+    ``export.round_backend.onnx_exporter``) and ``embedder`` embeds the rows a round adds
+    (``export.embed.round_embedder``). ``log`` receives one line per finished round,
     ``round_log`` the rounds' own lines, ``progress`` every long stage's progress.
     """
 
@@ -83,8 +86,10 @@ class Experiment:
         progress: Progress | None = None,
         log: Log = print,
         round_log: Log | None = None,
+        embedder: Embedder | None = None,
     ):
         self.source = Path(source)
+        self.embedder = embedder  # rounds embed the rows they add (x_g), as `dgaal round` does
         self.out_dir = Path(out_dir)
         self.config = config
         self.exporter = exporter
@@ -149,12 +154,15 @@ class Experiment:
                 labelled = choose_initial(truth, self.targets[0], rng, stratified=True)
                 meta = {"experiment": self._run_meta(strategy, seed).to_dict()}
                 b.finish(labelled=labelled, meta=meta)
+        with PoolWriter(path, purpose="dgaal experiment") as w:  # the source's embeddings, if any
+            copy_embeddings(self.source, ids, path, w.index.pool_id)
 
     def _check_settings(self, path: Path, meta: RunMeta, strategy: str, seed: int) -> None:
         want = self._run_meta(strategy, seed)
         pairs = [(k, meta.schedule.get(k), want.schedule[k]) for k in ("initial", "step")]
         pairs += [("strategy", meta.strategy, want.strategy), ("seed", meta.seed, want.seed)]
-        pairs += [(k, meta.round.get(k), v) for k, v in want.round.items()]
+        default = RoundConfig().to_dict()  # a field newer than the run: it had the default
+        pairs += [(k, meta.round.get(k, default.get(k)), v) for k, v in want.round.items()]
         if meta.selection is not None:  # runs made before it was recorded cannot be checked
             pairs.append(("selection", meta.selection, want.selection))
         clash = [f"{k} {have} there, {asked} asked" for k, have, asked in pairs if have != asked]
@@ -240,7 +248,10 @@ class Experiment:
                 if not later:
                     break
                 cfg = self.config.round_config(strategy, seed, later[0] - labelled)
-            round_ = Round(path, cfg, self.exporter, progress=self.progress, log=self.round_log)
+            round_ = Round(
+                path, cfg, self.exporter, progress=self.progress, log=self.round_log,
+                embedder=self.embedder,
+            )  # fmt: skip
             try:
                 record = round_.run()
             except EmptyPoolError as e:

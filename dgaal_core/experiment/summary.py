@@ -12,6 +12,7 @@ from dgaal_core.experiment.curves import (
     Point,
     accuracy_at_queries,
     aggregate,
+    aubc_by_seed,
     generates,
     mean,
     paired_differences,
@@ -75,6 +76,7 @@ def summary_markdown(results: Results, agg: dict[str, list[Point]] | None = None
         seeds = max((p.seeds for p in pts), default=0)
         lines.append(f"| {strategy} | {seeds} | " + " | ".join(row) + " |")
     lines += _equal_queries_section(agg)
+    lines += _aubc_section(results)
     lines += _reach_section(agg)
     lines += _paired_section(results)
     lines += _cost_section(agg)
@@ -118,6 +120,36 @@ def _paired_section(results: Results, strategy: str = "dgaal") -> list[str]:
             wins = sum(x >= 0 for x in d)
             cells.append(f"{100 * mean(d):+.1f}{sd} ({wins}/{len(d)})")
         lines.append(f"| {other} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _aubc_section(results: Results, baseline: str = "random") -> list[str]:
+    """The area under each strategy's budget curve, and its difference to ``baseline``'s on
+    the same seeds."""
+    by_seed = aubc_by_seed(results)
+    if not by_seed:
+        return []
+    base = by_seed.get(baseline, {})
+    lines = [
+        "",
+        "## Area under the budget curve (AUBC, %)",
+        "",
+        "Each run's accuracy integrated over the labelled ratio and divided by its range (the "
+        f"mean accuracy along the budget); mean ± sd over seeds, then minus {baseline}'s on the "
+        f"same seed, with the seeds on which the strategy was at least as high.",
+        "",
+        f"| strategy | seeds | AUBC | minus {baseline} |",
+        "|---|---|---|---|",
+    ]
+    for strategy, values in by_seed.items():
+        v = list(values.values())
+        sd = f" ± {100 * statistics.stdev(v):.1f}" if len(v) > 1 else ""
+        d = [values[k] - base[k] for k in values if k in base]
+        diff = "–"
+        if d and strategy != baseline:
+            dsd = f" ± {100 * statistics.stdev(d):.1f}" if len(d) > 1 else ""
+            diff = f"{100 * mean(d):+.1f}{dsd} ({sum(x >= 0 for x in d)}/{len(d)})"
+        lines.append(f"| {strategy} | {len(v)} | {100 * mean(v):.1f}{sd} | {diff} |")
     return lines
 
 

@@ -23,6 +23,8 @@ from dgaal_core.values import check_seed, check_size, size_of
 if TYPE_CHECKING:
     from dgaal_core.pool.reader import PoolReader
 
+TASK_MODELS = ("cnn", "linear")  # dgaal_core.loop.task_models (torch-free here)
+
 # Fields of earlier versions that did nothing (scoring batches come from the provider):
 # accepted in stored records, and dropped.
 REMOVED_FIELDS = ("score_batch",)
@@ -55,6 +57,7 @@ class RoundConfig:
     noise_spread: float = 0.05  # x_g's noise-head scales are drawn in [1 - s, 1 + s]
     noise_skips: bool = False  # the noise head also scales the U-Net's skips (ModelConfig)
     take_all: bool = False  # a budget above the candidates left takes them all (else refused)
+    task_model: str = "cnn"  # T: "cnn" end to end on the pixels, "linear" on the embeddings
 
     def __post_init__(self) -> None:
         strategy(self.strategy)  # ConfigError (a ValueError) on an unknown name
@@ -67,6 +70,10 @@ class RoundConfig:
         if self.depth_limit < 1:
             raise ConfigError(f"depth_limit must be >= 1, got {self.depth_limit}")
         self.selection()  # the selection settings: ConfigError when out of range
+        if self.task_model not in TASK_MODELS:
+            raise ConfigError(
+                f"task_model must be one of {', '.join(TASK_MODELS)}, got {self.task_model!r}"
+            )
         if not (math.isfinite(self.noise_spread) and 0 <= self.noise_spread < 1):
             raise ConfigError(f"noise_spread must lie in [0, 1), got {self.noise_spread}")
 

@@ -15,9 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
+from dgaal_core.errors import ConfigError
 from dgaal_core.loop.serving import ServedModels
-from dgaal_core.loop.sources import task_outputs
-from dgaal_core.model.networks import ConvClassifier
+from dgaal_core.loop.task_models import TaskModel
+from dgaal_core.pool.embeddings import open_embeddings
 from dgaal_core.pool.reader import PoolReader
 from dgaal_core.pool.schema import Origin, State
 
@@ -47,15 +48,13 @@ class RoundContext:
         self,
         reader: PoolReader,
         served: Callable[[], ServedModels],
-        task: Callable[[], ConvClassifier],
-        *,
-        device: str = "auto",
+        task: Callable[[], TaskModel],
     ) -> None:
-        self._reader, self._served, self._task, self._device = reader, served, task, device
+        self._reader, self._served, self._task = reader, served, task
         self.candidates = reader.ids(State.UNLABELLED)
         self.generated = reader.fields["origin"][self.candidates] == Origin.GENERATED
         self._scores: np.ndarray | None = None
-        self._probs: np.ndarray | None = None
+        self._outputs: tuple[np.ndarray, np.ndarray] | None = None
         self.d1_auc: float | None = None  # set when D1 scored the candidates
         self.seconds_scoring = 0.0
 
@@ -84,15 +83,23 @@ class RoundContext:
     def latents(self, ids: np.ndarray) -> np.ndarray:
         return self._served().latents(self.pool_path, ids)
 
+    def _task_outputs(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._outputs is None:  # probabilities and features come from one pass
+            self._outputs = self._task().outputs(self._reader, self.candidates)
+        return self._outputs
+
     def task_probs(self) -> np.ndarray:
-        if self._probs is None:
-            self._probs, _ = task_outputs(
-                self._task(), self._reader, self.candidates, device=self._device
-            )
-        return self._probs
+        return self._task_outputs()[0]
 
     def task_features(self) -> tuple[np.ndarray, np.ndarray]:
-        task, reader = self._task(), self._reader
-        _, cand = task_outputs(task, reader, self.candidates, device=self._device)
-        _, labelled = task_outputs(task, reader, reader.ids(State.LABELLED), device=self._device)
-        return cand, labelled
+        _, labelled = self._task().outputs(self._reader, self._reader.ids(State.LABELLED))
+        return self._task_outputs()[1], labelled
+
+    def embeddings(self) -> tuple[np.ndarray, np.ndarray]:
+        emb = open_embeddings(self.pool_path)
+        if emb is None:
+            raise ConfigError(
+                f"{self.pool_path}: this strategy picks on the pool's embeddings, and it has none; "
+                f"run `dgaal pool embed {self.pool_path} --model ENCODER.onnx` first"
+            )
+        return emb.pool(self.candidates), emb.pool(self._reader.ids(State.LABELLED))

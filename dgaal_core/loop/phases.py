@@ -17,8 +17,8 @@ import numpy as np
 from dgaal_core.loop.config import RoundConfig, check_budget
 from dgaal_core.loop.context import RoundContext
 from dgaal_core.loop.oracle import simulated_answers, write_query_package
-from dgaal_core.loop.serving import Exporter, ExportRequest, ServedModels
-from dgaal_core.loop.sources import PoolSource, pool_source, task_outputs
+from dgaal_core.loop.serving import Embedder, Exporter, ExportRequest, ServedModels
+from dgaal_core.loop.sources import PoolSource, pool_source
 from dgaal_core.loop.state import (
     PendingRound,
     Phase,
@@ -29,6 +29,7 @@ from dgaal_core.loop.state import (
     total_queries,
 )
 from dgaal_core.loop.strategies import Need
+from dgaal_core.loop.task_models import CnnTask, TaskModel, fit_task
 from dgaal_core.loop.workdir import (
     CHECKPOINT_FILE,
     QUERIES_DIR,
@@ -38,9 +39,7 @@ from dgaal_core.loop.workdir import (
 )
 from dgaal_core.model.checkpoint import load_checkpoint, save_checkpoint, trainer_from_checkpoint
 from dgaal_core.model.config import RunConfig
-from dgaal_core.model.data import ArraySource
-from dgaal_core.model.networks import ConvClassifier, build_task_model
-from dgaal_core.model.task import evaluate_task, train_task
+from dgaal_core.model.networks import build_task_model
 from dgaal_core.model.training import DGAALTrainer
 from dgaal_core.pool.reader import PoolReader
 from dgaal_core.pool.schema import Origin, State
@@ -66,8 +65,10 @@ class RoundJob:
         recorded: Path | None = None,
         progress: Progress | None = None,
         log: Log = print,
+        embedder: Embedder | None = None,
     ) -> None:
         self.pool_path, self.n, self.config = pool_path, n, config
+        self.embedder = embedder  # embeds rows that joined since the pool's embeddings were made
         self.recorded = recorded  # the work folder the pool's last round ran in
         self._prev: Path | None = None
         self.exporter, self.writer, self.workdir = exporter, writer, workdir
@@ -78,7 +79,7 @@ class RoundJob:
         self.timings: dict[str, float] = {}
         self._run: RunConfig | None = None
         self._served: ServedModels | None = None
-        self._task: ConvClassifier | None = None  # T for selection and suggestions, this run
+        self._task: TaskModel | None = None  # T for selection and suggestions, this run
         self._coevolved: DGAALTrainer | None = None  # kept for T's checkpoint in the same run
 
     # ---- helpers ---------------------------------------------------------------------------
@@ -91,9 +92,10 @@ class RoundJob:
             self._run = self.config.run_config(reader.image_shape, reader.num_classes)
         return self._run
 
-    def _save(self, name: str, trainer: DGAALTrainer, task: ConvClassifier | None = None) -> None:
+    def _save(self, name: str, trainer: DGAALTrainer, task: TaskModel | None = None) -> None:
         extra = {"noise_spread": self.config.noise_spread}  # what `dgaal export` exports with
-        save_checkpoint(self.rdir / name, trainer, task=task, round_index=self.n, extra=extra)
+        network = None if task is None else task.network
+        save_checkpoint(self.rdir / name, trainer, task=network, round_index=self.n, extra=extra)
 
     def _previous_checkpoint(self) -> Path:
         if self._prev is None:  # looked for (and a missing one said) once per run
@@ -159,30 +161,43 @@ class RoundJob:
             self._timed("export", t0)
         return self._served
 
+    # ---- embeddings -----------------------------------------------------------------------------
+    def embed_new_rows(self) -> None:
+        """Embed the rows that joined the pool since its embeddings were made (generated images,
+        new images), with the same encoder; nothing when the pool has no embeddings. The round
+        holds the writer lock, so this is the only writer."""
+        if self.embedder is None:
+            return
+        t0 = time.perf_counter()
+        if done := self.embedder(self.pool_path, self.progress):
+            self.log(f"embedded {done} new rows with the pool's encoder")
+            self._timed("embed", t0)
+
     # ---- T for selection -----------------------------------------------------------------------
-    def previous_task(self, reader: PoolReader) -> ConvClassifier:
+    def previous_task(self, reader: PoolReader) -> TaskModel:
         """T as it stands (trained at the end of the last round), or trained now for round 1.
 
         Kept for the run: selection (task-aware ranking) and the human oracle's suggestions
-        both ask for it, and round 1 would otherwise train it twice."""
+        both ask for it, and round 1 would otherwise train it twice. A linear head is refitted
+        (seconds) rather than kept: on the same labels it is the same head."""
         if self._task is None:
             run, prev = self.run_config(reader), self._previous_checkpoint()
-            task = build_task_model(run.model, run.train.seed)
-            if prev.exists() and (ckpt := load_checkpoint(prev)).get("task") is not None:
-                task.load_state_dict(ckpt["task"])
-            else:
-                task = self.fit_task(reader, "pre", stage="Task model (T to select with)")
-            self._task = task
+            if self.config.task_model == "cnn" and prev.exists():
+                if (ckpt := load_checkpoint(prev)).get("task") is not None:
+                    task = build_task_model(run.model, run.train.seed)
+                    task.load_state_dict(ckpt["task"])
+                    self._task = CnnTask(task, self.config.device)
+            if self._task is None:
+                self._task = self.fit_task(reader, "pre", stage="Task model (T to select with)")
         return self._task
 
-    def fit_task(self, reader: PoolReader, *keys: str, stage: str = "Task model") -> ConvClassifier:
+    def fit_task(self, reader: PoolReader, *keys: str, stage: str = "Task model") -> TaskModel:
         """A fresh T trained on the labelled rows; its init and batches are seeded per round."""
-        run, n = self.run_config(reader), self.n
-        task = build_task_model(run.model, derive_seed(run.train.seed, "task", n, *keys))
-        rng = np.random.default_rng(derive_seed(self.config.seed, "task", n, *keys))
-        labelled = pool_source(reader, State.LABELLED, labels=True)
-        train_task(task, labelled, run.train, rng, progress=self.progress, stage=stage)
-        return task
+        run = self.run_config(reader)
+        return fit_task(
+            reader, self.config.task_model, run, self.config.seed, self.n, *keys,
+            progress=self.progress, stage=stage,
+        )  # fmt: skip
 
     # ---- phase 3: score and select -----------------------------------------------------------
     def select(self, reader: PoolReader, trainer: DGAALTrainer) -> tuple[np.ndarray, RoundContext]:
@@ -192,7 +207,6 @@ class RoundJob:
             reader,
             lambda: self.serve(trainer),
             lambda: self.previous_task(reader),
-            device=self.config.device,
         )
         t0 = time.perf_counter()
         rng = np.random.default_rng(derive_seed(self.config.seed, "select", self.n))
@@ -243,10 +257,8 @@ class RoundJob:
     ) -> dict[str, str]:
         """The files a person labels ``need`` with, T's suggestions and D1's scores included."""
         suggested = confidence = None
-        if need.size:
-            probs, _ = task_outputs(
-                self.previous_task(reader), reader, need, device=self.config.device
-            )
+        if need.size and np.sum(reader.states == State.LABELLED) >= 2:  # else no T to suggest
+            probs, _ = self.previous_task(reader).outputs(reader, need)
             suggested, confidence = probs.argmax(1), probs.max(1)
         return write_query_package(
             self.rdir / QUERIES_DIR,
@@ -317,6 +329,7 @@ class RoundJob:
         )
         set_pending(w, moved)
         w.commit()
+        self.embed_new_rows()  # x_g get their embeddings before T or the next round reads them
         return moved
 
     # ---- phase 7: T, COMMIT C ------------------------------------------------------------------
@@ -326,11 +339,7 @@ class RoundJob:
         with PoolReader(self.pool_path) as r:
             run = self.run_config(r)
             task = self.fit_task(r)
-            metrics = None
-            if r.num_test:
-                test_x, test_y = r.read_test()
-                source = ArraySource(test_x, test_y.astype(np.int64))
-                metrics = evaluate_task(task, source, r.num_classes, device=run.train.device)
+            metrics = task.evaluate(r) if r.num_test else None
             trainer = self._coevolved or trainer_from_checkpoint(
                 load_checkpoint(self.rdir / CHECKPOINT_FILE)
             )

@@ -36,8 +36,9 @@ import numpy as np
 from dgaal_core.errors import DgaalError
 from dgaal_core.loop.config import RoundConfig, check_budget
 from dgaal_core.loop.phases import Log, RoundJob
-from dgaal_core.loop.serving import Exporter
+from dgaal_core.loop.serving import Embedder, Exporter
 from dgaal_core.loop.state import PendingRound, Phase, RoundRecord, pending_round, work_folder
+from dgaal_core.loop.task_models import require_embeddings
 from dgaal_core.loop.workdir import QUERIES_DIR, round_dir, work_dir
 from dgaal_core.model.training import resolve_device
 from dgaal_core.pool.reader import PoolReader
@@ -105,8 +106,10 @@ class Round:
         workdir: Path | None = None,
         progress: Progress | None = None,
         log: Log = print,
+        embedder: Embedder | None = None,
     ):
         self.pool_path = Path(pool_path)
+        self.embedder = embedder
         self.config = config
         self.exporter = exporter
         self.workdir = Path(workdir) if workdir is not None else work_dir(self.pool_path)
@@ -131,6 +134,7 @@ class Round:
                 self._recorded = work_folder(r)
             if pending is not None and pending.round == n:
                 job = self._resume(w, pending)
+                job.embed_new_rows()  # rows a killed round appended before embedding them
                 if pending.phase is Phase.AWAITING_LABELS or queried:
                     return self._awaiting(n, queried, new=False)
             else:
@@ -138,7 +142,9 @@ class Round:
                 with PoolReader(self.pool_path) as r:  # bad settings: refused before any write
                     r.check_shards()  # a missing test shard would otherwise surface at the end
                     check_budget(self.config, r)
+                    require_embeddings(r, self.config.task_model, self.config.strategy)
                     run = job.run_config(r)
+                job.embed_new_rows()
                 resolve_device(run.train.device)  # --device cuda without a GPU
                 job.rdir.mkdir(parents=True, exist_ok=True)
                 with PoolReader(self.pool_path) as r:
@@ -155,7 +161,7 @@ class Round:
     def _job(self, writer: PoolWriter, n: int, config: RoundConfig) -> RoundJob:
         return RoundJob(
             self.pool_path, n, config, self.exporter, writer, self.workdir,
-            recorded=self._recorded, progress=self.progress, log=self.log,
+            recorded=self._recorded, progress=self.progress, log=self.log, embedder=self.embedder,
         )  # fmt: skip
 
     def _resume(self, writer: PoolWriter, pending: PendingRound) -> RoundJob:

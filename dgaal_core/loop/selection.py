@@ -101,6 +101,155 @@ def entropy(probs: np.ndarray) -> np.ndarray:
     return -(p * np.log(p)).sum(axis=1)
 
 
+def margin(probs: np.ndarray) -> np.ndarray:
+    """The gap between each row's two most likely classes (small = uncertain), [N]."""
+    if probs.shape[1] < 2:
+        return np.zeros(probs.shape[0])
+    top = np.partition(probs.astype(np.float64), probs.shape[1] - 2, axis=1)[:, -2:]
+    return top[:, 1] - top[:, 0]
+
+
+def select_badge(
+    candidates: np.ndarray,
+    probs: np.ndarray,
+    features: np.ndarray,
+    n: int,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """BADGE (Ash et al. 2020): k-means++ seeding on the gradient embeddings
+    ``g_i = (p_i - onehot(argmax p_i)) (x) f_i`` of the last layer. Ascending ids.
+
+    The K*F-dimensional embeddings are never formed: ``<g_i, g_j> = <a_i, a_j> <f_i, f_j>``,
+    so each pick costs one pass over the features (O(N (K + F))). The first centre is the
+    largest gradient, as in the paper's code; then each is drawn with probability proportional
+    to the squared distance to the nearest centre so far.
+    """
+    check_budget(candidates, n)
+    a = probs.astype(np.float64).copy()
+    a[np.arange(a.shape[0]), a.argmax(1)] -= 1.0
+    f = features.astype(np.float64)
+    norm = np.einsum("ij,ij->i", a, a) * np.einsum("ij,ij->i", f, f)  # ||g_i||^2
+    chosen = np.empty(n, dtype=np.int64)
+    min_d = np.full(a.shape[0], np.inf)
+    i = int(np.argmax(norm))
+    for k in range(n):
+        chosen[k] = i
+        d = norm + norm[i] - 2.0 * (a @ a[i]) * (f @ f[i])
+        min_d = np.minimum(min_d, np.maximum(d, 0.0))
+        min_d[chosen[: k + 1]] = 0.0
+        if k + 1 == n:
+            break
+        total = min_d.sum()
+        if total <= 0:  # every candidate equals a centre: the rest at random
+            left = np.setdiff1d(np.arange(a.shape[0]), chosen[: k + 1])
+            chosen[k + 1 :] = rng.choice(left, n - k - 1, replace=False)
+            break
+        i = int(rng.choice(a.shape[0], p=min_d / total))
+    return np.sort(candidates[chosen])
+
+
+TYPICLUST_MAX_CLUSTERS = 500  # TypiClust's caps (Hacohen et al. 2022, their code's defaults)
+TYPICLUST_MIN_CLUSTER = 5
+TYPICLUST_NEIGHBOURS = 20
+
+
+def kmeans(x: np.ndarray, k: int, rng: np.random.Generator, iterations: int = 20) -> np.ndarray:
+    """Cluster of each row of ``x`` under k-means with ``k`` centres (k-means++ seeding from
+    ``rng``, then Lloyd's iterations until nothing moves or ``iterations``); [N] ints."""
+    x = x.astype(np.float32)
+    n = x.shape[0]
+    k = max(1, min(k, n))
+    sq = np.einsum("ij,ij->i", x, x)
+    centres = np.empty((k, x.shape[1]), np.float32)
+    first = int(rng.integers(n))
+    centres[0] = x[first]
+    d = np.maximum(sq - 2 * (x @ x[first]) + sq[first], 0)
+    for j in range(1, k):
+        total = float(d.sum())
+        pick = int(rng.choice(n, p=d / total)) if total > 0 else int(rng.integers(n))
+        centres[j] = x[pick]
+        d = np.minimum(d, np.maximum(sq - 2 * (x @ x[pick]) + sq[pick], 0))
+    labels = np.full(n, -1)
+    for _ in range(iterations):
+        c_sq = np.einsum("ij,ij->i", centres, centres)
+        new = np.empty(n, np.int64)
+        for cs in _chunks(n, 4096):
+            new[cs] = np.argmin(c_sq[None, :] - 2 * (x[cs] @ centres.T), axis=1)
+        if np.array_equal(new, labels):
+            break
+        labels = new
+        counts = np.bincount(labels, minlength=k)
+        sums = np.zeros_like(centres)
+        np.add.at(sums, labels, x)
+        keep = counts > 0  # an emptied centre stays where it was
+        centres[keep] = sums[keep] / counts[keep, None]
+    return labels
+
+
+def typicality(x: np.ndarray, neighbours: int) -> np.ndarray:
+    """TypiClust's typicality of each row of ``x``: 1 / (mean distance to its ``neighbours``
+    nearest other rows + 1e-5), exact, in chunks."""
+    x = x.astype(np.float32)
+    n = x.shape[0]
+    k = max(1, min(neighbours, n - 1))
+    if n < 2:
+        return np.ones(n)
+    sq = np.einsum("ij,ij->i", x, x)
+    out = np.empty(n)
+    for cs in _chunks(n, 1024):
+        d = np.maximum(sq[cs, None] - 2 * (x[cs] @ x.T) + sq[None, :], 0)
+        d[np.arange(d.shape[0]), np.arange(cs.start, cs.start + d.shape[0])] = np.inf  # self
+        near = np.sqrt(np.partition(d, k - 1, axis=1)[:, :k])
+        out[cs] = 1.0 / (near.mean(axis=1) + 1e-5)
+    return out
+
+
+def select_typiclust(
+    candidates: np.ndarray,
+    cand_features: np.ndarray,
+    labelled_features: np.ndarray,
+    n: int,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """TypiClust (Hacohen et al. 2022), for low budgets and cold starts: k-means over candidates
+    and labelled rows together into ``min(labelled + n, 500)`` clusters; clusters of more than
+    5 rows ordered by fewest labelled rows, then largest; from each in turn the candidate of
+    highest typicality (its 20 nearest neighbours within the cluster). Ascending ids.
+
+    Works without a single labelled row (a pool's first round picks from the embeddings alone).
+    """
+    check_budget(candidates, n)
+    x = np.concatenate([cand_features, labelled_features]).astype(np.float32)
+    k = min(labelled_features.shape[0] + n, TYPICLUST_MAX_CLUSTERS, x.shape[0])
+    labels = kmeans(x, k, rng)
+    m = candidates.size
+    sizes = np.bincount(labels, minlength=k)
+    have = np.bincount(labels[m:], minlength=k)
+    ranked = [int(c) for c in np.lexsort((-sizes, have))]  # fewest labelled, then largest
+    order = [c for c in ranked if sizes[c] > TYPICLUST_MIN_CLUSTER] or ranked
+    free = np.ones(m, dtype=bool)
+    chosen: list[int] = []
+    turn = 0
+    while len(chosen) < n:
+        if not order:  # every listed cluster is used up: the others, in the same order
+            order = [c for c in ranked if free[labels[:m] == c].any()]
+            turn = 0
+        cluster = order[turn % len(order)]
+        members = np.flatnonzero(labels == cluster)  # typicality over the whole cluster
+        pickable = members[(members < m)]
+        pickable = pickable[free[pickable]]
+        if pickable.size == 0:
+            order.remove(cluster)
+            continue
+        turn += 1
+        typ = typicality(x[members], min(TYPICLUST_NEIGHBOURS, max(1, members.size // 2)))
+        typ[~np.isin(members, pickable)] = -np.inf
+        best = int(members[int(np.argmax(typ))])
+        chosen.append(best)
+        free[best] = False
+    return np.sort(candidates[np.asarray(chosen, dtype=np.int64)])
+
+
 def _chunks(n: int, size: int) -> Iterator[slice]:
     for i in range(0, n, size):
         yield slice(i, min(n, i + size))

@@ -1,4 +1,4 @@
-"""The seam between the round and the exported models (imports go one way: the CLI hands the
+"""The seams between the round and the exported models (imports go one way: the CLI hands the
 round ``export.round_backend.onnx_exporter``, which serves them with onnxruntime).
 
 An :class:`Exporter` turns the trained networks of a round into :class:`ServedModels`: the
@@ -16,6 +16,7 @@ import numpy as np
 
 from dgaal_core.model.config import RunConfig
 from dgaal_core.model.noise import PAPER_SPREAD
+from dgaal_core.progress import Progress
 
 if TYPE_CHECKING:
     from dgaal_core.model.networks import Models
@@ -48,6 +49,13 @@ class ExportRequest:
     round: int
     pool: Path  # parity images are drawn from it
     noise_spread: float = PAPER_SPREAD  # the generator's noise-head range: [1 -+ this]
+
+
+class Embedder(Protocol):
+    """Embed the rows that joined a pool since its embeddings were made (nothing when it has
+    none); returns the rows embedded. The caller holds the pool's writer lock."""
+
+    def __call__(self, pool_path: Path, progress: Progress | None) -> int: ...
 
 
 class Exporter(Protocol):

@@ -28,11 +28,14 @@ from dgaal_core.loop.selection import (
     check_budget,
     entropy,
     fuse_ranks,
+    margin,
+    select_badge,
     select_coreset,
     select_lowest,
     select_lowest_capped,
     select_random,
     select_spread,
+    select_typiclust,
 )
 
 
@@ -44,6 +47,7 @@ class Need(enum.Enum):
     LATENTS = "latents"  # the sampler's latent z of a shortlist
     TASK_PROBS = "task_probs"  # the previous round's T: class probabilities of the candidates
     TASK_FEATURES = "task_features"  # T's penultimate features of candidates and labelled rows
+    EMBEDDINGS = "embeddings"  # the pool's embeddings (`dgaal pool embed`)
 
 
 @dataclass(frozen=True)
@@ -100,6 +104,10 @@ class SelectionContext(Protocol):
 
     def task_features(self) -> tuple[np.ndarray, np.ndarray]:
         """T's penultimate features of the candidates and of the labelled rows."""
+        ...
+
+    def embeddings(self) -> tuple[np.ndarray, np.ndarray]:
+        """The pool's embeddings of the candidates and of the labelled rows."""
         ...
 
 
@@ -242,6 +250,52 @@ class CoresetStrategy(_BaselineStrategy):
         return select_coreset(context.candidates, cand, labelled, n)
 
 
+@dataclass(frozen=True)
+class MarginStrategy(_BaselineStrategy):
+    """The candidates whose two most likely classes under the previous round's T are closest
+    (smallest margin)."""
+
+    name: str = "margin"
+    asks: frozenset[Need] = frozenset({Need.TASK_PROBS})
+
+    def select(
+        self, context: SelectionContext, n: int, rng: np.random.Generator, settings: Any = None
+    ) -> np.ndarray:
+        check_budget(context.candidates, n)
+        return np.sort(select_lowest(context.candidates, margin(context.task_probs()), n))
+
+
+@dataclass(frozen=True)
+class BadgeStrategy(_BaselineStrategy):
+    """BADGE: diverse and uncertain, k-means++ on T's last-layer gradient embeddings."""
+
+    name: str = "badge"
+    asks: frozenset[Need] = frozenset({Need.TASK_PROBS, Need.TASK_FEATURES})
+
+    def select(
+        self, context: SelectionContext, n: int, rng: np.random.Generator, settings: Any = None
+    ) -> np.ndarray:
+        check_budget(context.candidates, n)
+        features, _ = context.task_features()
+        return select_badge(context.candidates, context.task_probs(), features, n, rng)
+
+
+@dataclass(frozen=True)
+class TypiClustStrategy(_BaselineStrategy):
+    """TypiClust: the most typical candidate of each cluster the labelled set covers least, on
+    the pool's embeddings; needs no T, so it also picks a pool's very first labels."""
+
+    name: str = "typiclust"
+    asks: frozenset[Need] = frozenset({Need.EMBEDDINGS})
+
+    def select(
+        self, context: SelectionContext, n: int, rng: np.random.Generator, settings: Any = None
+    ) -> np.ndarray:
+        check_budget(context.candidates, n)
+        cand, labelled = context.embeddings()
+        return select_typiclust(context.candidates, cand, labelled, n, rng)
+
+
 # ``dgaal-paper`` is the literal reading of section 3.2 (the N lowest D1 scores, nothing else);
 # ``dgaal`` is the same method with the settings benchmarks/al_curve.py measured best on the
 # validation splits (see the README's "What the benchmarks say").
@@ -255,7 +309,10 @@ _REGISTERED: tuple[Strategy, ...] = (
     D1Strategy("vaal-coevo", coevolve=True, generate=False, retrain_gan=False),
     RandomStrategy(),
     EntropyStrategy(),
+    MarginStrategy(),
     CoresetStrategy(),
+    BadgeStrategy(),
+    TypiClustStrategy(),
 )  # fmt: skip
 STRATEGIES: dict[str, Strategy] = {s.name: s for s in _REGISTERED}
 

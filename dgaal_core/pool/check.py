@@ -32,6 +32,7 @@ from dgaal_core.pool.check_backup import (
     unopenable,
 )
 from dgaal_core.pool.check_rows import RowChecks
+from dgaal_core.pool.embeddings import embeddings_finding
 from dgaal_core.pool.findings import CHECKS, Finding, join
 from dgaal_core.pool.index import siblings
 from dgaal_core.pool.lock import dead_create, holder
@@ -278,6 +279,7 @@ class _Checker(RowChecks):
             self.round_log,
             self.pending,
             self.backup,
+            self.embeddings,
         ):
             before = len(self.findings)
             try:
@@ -288,6 +290,14 @@ class _Checker(RowChecks):
                 name = CHECKS[len(self.findings)]
                 self.findings.append(Finding(name, "damaged", f"does not parse ({e})"))
         return self.findings
+
+    def embeddings(self) -> None:
+        if self.fields is None or self.pool_id is None:
+            self.skip("embeddings", "the row fields or the pool id did not parse")
+            return
+        tests = 0 if self.test_labels is None else int(self.test_labels.size)
+        rows = {"pool": len(next(iter(self.fields.values()))), "test": tests}
+        self.findings.append(embeddings_finding(self.path, self.pool_id, rows))
 
     def backup(self) -> None:
         index_damaged = any(fd.damaged for fd in self.findings if fd.check in INDEX_CHECKS)

@@ -16,6 +16,7 @@ CHECKS = (
     "rounds",
     "pending round",
     "backup",
+    "embeddings",
 )
 SHOWN = 3  # problems named per check; the rest are counted
 
