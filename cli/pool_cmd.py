@@ -152,11 +152,23 @@ def create(
 def info(pool: PoolArg, as_json: JsonOpt = False) -> None:
     """Show counts by state, origin and class, the image shape, the rounds so far, the size."""
     from dgaal_core.loop.state import round_records
+    from dgaal_core.pool.embeddings import read_manifest
     from dgaal_core.pool.reader import PoolReader
 
     with PoolReader(pool) as r:
         r.check_shards()  # a missing or short shard: the pool is damaged, say so
         summary = r.summary()
+        manifest = read_manifest(pool)
+        summary["embeddings"] = (
+            None
+            if manifest is None
+            else {
+                "dim": manifest.dim,
+                "encoder": manifest.encoder.get("name"),
+                "pool_rows": manifest.rows("pool"),
+                "test_rows": manifest.rows("test"),
+            }
+        )
         if as_json:
             typer.echo(json.dumps(summary))
             return
@@ -374,6 +386,12 @@ def _print_info(s: dict[str, Any], records: list[Any]) -> None:
         if key in s:
             counts.add_row(key, str(s[key]))
     con.print(counts)
+    if (e := s.get("embeddings")) is not None:
+        lag = s["images"] - e["pool_rows"]
+        con.print(
+            f"embeddings: {e['dim']}-d from {e['encoder']}, {e['pool_rows']} pool and "
+            f"{e['test_rows']} test rows" + (f" ({lag} newer rows not yet)" if lag else "")
+        )
     if s["num_classes"] <= MAX_CLASS_ROWS:
         per = Table(title="per class", title_justify="left")
         per.add_column("class")

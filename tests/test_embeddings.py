@@ -83,6 +83,8 @@ def test_embed_writes_one_vector_per_row_and_test_row(digits: Path, tmp_path: Pa
     assert (
         found["embeddings"].status == "ok" and "5-d from mean-pixel" in found["embeddings"].detail
     )
+    info = json.loads(cli("pool", "info", digits, "--json").stdout)["embeddings"]
+    assert info == {"dim": 5, "encoder": "mean-pixel", "pool_rows": x.shape[0], "test_rows": 359}
 
 
 def test_a_float_nchw_encoder_gets_resized_normalised_pixels(digits: Path, tmp_path: Path) -> None:

@@ -207,6 +207,16 @@ class _BaselineStrategy:
     def needs(self, settings: SelectionSettings) -> frozenset[Need]:
         return self.asks
 
+    def select(
+        self, context: SelectionContext, n: int, rng: np.random.Generator, settings: Any = None
+    ) -> np.ndarray:
+        check_budget(context.candidates, n)
+        return self.pick(context, n, rng)
+
+    def pick(self, context: SelectionContext, n: int, rng: np.random.Generator) -> np.ndarray:
+        """``n`` of the candidates (the budget is checked), ascending ids."""
+        raise NotImplementedError
+
 
 @dataclass(frozen=True)
 class RandomStrategy(_BaselineStrategy):
@@ -214,9 +224,7 @@ class RandomStrategy(_BaselineStrategy):
 
     name: str = "random"
 
-    def select(
-        self, context: SelectionContext, n: int, rng: np.random.Generator, settings: Any = None
-    ) -> np.ndarray:
+    def pick(self, context: SelectionContext, n: int, rng: np.random.Generator) -> np.ndarray:
         return select_random(context.candidates, n, rng)
 
 
@@ -228,10 +236,7 @@ class EntropyStrategy(_BaselineStrategy):
     name: str = "entropy"
     asks: frozenset[Need] = frozenset({Need.TASK_PROBS})
 
-    def select(
-        self, context: SelectionContext, n: int, rng: np.random.Generator, settings: Any = None
-    ) -> np.ndarray:
-        check_budget(context.candidates, n)
+    def pick(self, context: SelectionContext, n: int, rng: np.random.Generator) -> np.ndarray:
         return np.sort(select_lowest(context.candidates, -entropy(context.task_probs()), n))
 
 
@@ -242,10 +247,7 @@ class CoresetStrategy(_BaselineStrategy):
     name: str = "coreset"
     asks: frozenset[Need] = frozenset({Need.TASK_FEATURES})
 
-    def select(
-        self, context: SelectionContext, n: int, rng: np.random.Generator, settings: Any = None
-    ) -> np.ndarray:
-        check_budget(context.candidates, n)
+    def pick(self, context: SelectionContext, n: int, rng: np.random.Generator) -> np.ndarray:
         cand, labelled = context.task_features()
         return select_coreset(context.candidates, cand, labelled, n)
 
@@ -258,10 +260,7 @@ class MarginStrategy(_BaselineStrategy):
     name: str = "margin"
     asks: frozenset[Need] = frozenset({Need.TASK_PROBS})
 
-    def select(
-        self, context: SelectionContext, n: int, rng: np.random.Generator, settings: Any = None
-    ) -> np.ndarray:
-        check_budget(context.candidates, n)
+    def pick(self, context: SelectionContext, n: int, rng: np.random.Generator) -> np.ndarray:
         return np.sort(select_lowest(context.candidates, margin(context.task_probs()), n))
 
 
@@ -272,10 +271,7 @@ class BadgeStrategy(_BaselineStrategy):
     name: str = "badge"
     asks: frozenset[Need] = frozenset({Need.TASK_PROBS, Need.TASK_FEATURES})
 
-    def select(
-        self, context: SelectionContext, n: int, rng: np.random.Generator, settings: Any = None
-    ) -> np.ndarray:
-        check_budget(context.candidates, n)
+    def pick(self, context: SelectionContext, n: int, rng: np.random.Generator) -> np.ndarray:
         features, _ = context.task_features()
         return select_badge(context.candidates, context.task_probs(), features, n, rng)
 
@@ -288,10 +284,7 @@ class TypiClustStrategy(_BaselineStrategy):
     name: str = "typiclust"
     asks: frozenset[Need] = frozenset({Need.EMBEDDINGS})
 
-    def select(
-        self, context: SelectionContext, n: int, rng: np.random.Generator, settings: Any = None
-    ) -> np.ndarray:
-        check_budget(context.candidates, n)
+    def pick(self, context: SelectionContext, n: int, rng: np.random.Generator) -> np.ndarray:
         cand, labelled = context.embeddings()
         return select_typiclust(context.candidates, cand, labelled, n, rng)
 
