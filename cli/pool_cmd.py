@@ -18,14 +18,19 @@ import typer
 from dgaal_core.errors import PoolExistsError
 
 from .common import (
+    AddressOpt,
+    EngineName,
+    EngineOpt,
     ForceOpt,
     JsonOpt,
     PoolArg,
     ProviderOpt,
     SeedOpt,
+    WorkersOpt,
     handle_errors,
     handle_errors_deferred,
     human_bytes,
+    ray_options,
 )
 
 if TYPE_CHECKING:
@@ -242,6 +247,9 @@ def embed(
         int | None,
         typer.Option("--batch-size", min=1, help="Images per encoder run (256 CPU, 1024 CUDA)."),
     ] = None,
+    engine: EngineOpt = EngineName.local,
+    address: AddressOpt = None,
+    workers: WorkersOpt = None,
 ) -> None:
     """Embed every image of the pool (and its test split) with an image encoder and store the
     embeddings beside the pool (POOL's stem + .embed/), replacing earlier ones. Rows that join
@@ -259,11 +267,13 @@ def embed(
         mean=_numbers("--mean")(mean),
         std=_numbers("--std")(std),
     )
+    ray = ray_options(engine, address, workers, provider, batch_size)
     t0 = time.perf_counter()
     with StageProgress() as report:
         manifest, rows = embed_pool(
-            pool, model, spec=spec, provider=provider, batch_size=batch_size, progress=report
-        )
+            pool, model, spec=spec, provider=provider, batch_size=batch_size, progress=report,
+            ray=ray,
+        )  # fmt: skip
     typer.echo(
         f"embedded {rows} images of {pool} ({manifest.rows('pool')} pool, "
         f"{manifest.rows('test')} test) as {manifest.dim}-d vectors with "

@@ -1,4 +1,5 @@
-"""Pools beyond one machine: scoring and generation as Ray Data batch inference (no torch).
+"""Pools beyond one machine: scoring, generation and embedding as Ray Data batch inference
+(no torch).
 
     >>> opts = RayOptions(address="auto", workers=4)          # or None: a local Ray
     >>> res = score_pool_ray("round-0003/sampler.onnx", "pools.h5", options=opts)
@@ -54,7 +55,7 @@ from .runtime import (
 )
 
 __all__ = [
-    "RAY_RANGE", "RayEngineError", "RayOptions", "connect", "generate_images_ray",
+    "RAY_RANGE", "RayEngineError", "RayOptions", "connect", "embed_rows_ray", "generate_images_ray",
     "generate_pool_ray", "pool_dataset", "quiet", "require_ray", "score_pool_ray",
 ]  # fmt: skip
 
@@ -83,6 +84,49 @@ class _GenerateActor:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         out = self.generator.generate(np.ascontiguousarray(batch["image"]), self.noise)
         return {"id": batch["id"], "image": out}
+
+
+class _EmbedActor:
+    """``{"id", "image"}`` -> ``{"id", "embedding"}`` with one encoder session per actor."""
+
+    def __init__(self, model: str, provider: str, threads: int, spec: dict[str, Any]) -> None:
+        from .encoder import EncoderSession, InputSpec
+
+        self.encoder = EncoderSession(
+            model, provider=provider, threads=threads, spec=InputSpec.from_dict(spec)
+        )
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {"id": batch["id"], "embedding": self.encoder.embed(batch["image"])}
+
+
+def embed_rows_ray(
+    model: str | Path,
+    pool: str | Path,
+    ids: np.ndarray,
+    spec: dict[str, Any],
+    options: RayOptions | None = None,
+    progress: Progress | None = None,
+) -> np.ndarray:
+    """The encoder's embeddings [len(ids), D] of ascending pool rows ``ids`` on a Ray cluster,
+    in that order (the same as the local runtime's: the same session code runs per actor)."""
+    options = options or RayOptions()
+    options.check()
+    ids = np.asarray(ids, dtype=np.int64)
+    ds = pool_dataset(str(Path(pool).resolve()), ids, options.rows_per_task)
+    constructor = {"model": str(Path(model).resolve()), "spec": spec}
+    got_ids, parts = [], []
+    for part in _run(ds, _EmbedActor, constructor, options, ("id", "embedding"), progress,
+                     int(ids.size)):  # fmt: skip
+        got_ids.append(part["id"])
+        parts.append(part["embedding"])
+    if not parts:
+        return np.zeros((0, 0), np.float32)
+    got, out = np.concatenate(got_ids).astype(np.int64), np.concatenate(parts)
+    order = np.argsort(got, kind="stable")
+    if not np.array_equal(got[order], ids):
+        raise RayEngineError(f"Ray returned {got.size} embeddings for {ids.size} rows")
+    return out[order]
 
 
 def _run(

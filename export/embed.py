@@ -7,8 +7,10 @@ Torch-free: the encoder runs in onnxruntime (:class:`~export.encoder.EncoderSess
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -22,7 +24,16 @@ from dgaal_core.progress import Progress, silent
 
 from .encoder import EncoderSession, InputSpec
 
+if TYPE_CHECKING:
+    from .ray_cluster import RayOptions
+
 STAGE = "Embedding"
+RAY_CHUNK = 1 << 16  # pool rows per Ray pass: bounds what the driver holds
+
+
+def _offset(progress: Progress, base: int, total: int, done: int, _chunk: int) -> None:
+    """A Ray pass's ``(done, chunk total)`` as the whole embedding's progress."""
+    progress(STAGE, base + done, total)
 
 
 def _write(
@@ -32,6 +43,7 @@ def _write(
     new: bool,
     batch_size: int,
     progress: Progress,
+    ray: RayOptions | None = None,
 ) -> tuple[Manifest, int]:
     """Embed the rows the embeddings lack (all of them when ``new``); the caller holds the
     pool's writer lock. Returns the manifest and the number of rows embedded now."""
@@ -43,6 +55,17 @@ def _write(
 
         def batches(split: str, lo: int, hi: int) -> Iterator[np.ndarray]:
             nonlocal done
+            if split == "pool" and ray is not None:  # in chunks: the driver holds one at a time
+                from .distributed import embed_rows_ray
+
+                for at in range(lo, hi, RAY_CHUNK):
+                    ids = np.arange(at, min(hi, at + RAY_CHUNK))
+                    report = functools.partial(_offset, progress, done, todo)
+                    yield embed_rows_ray(
+                        session.path, pool_path, ids, session.spec.to_dict(), ray, report
+                    )
+                    done += ids.size
+                return
             if split == "pool":
                 images: Iterator[np.ndarray] = (
                     x for _, x in r.iter_batches(np.arange(lo, hi), batch_size)
@@ -79,10 +102,12 @@ def embed_pool(
     provider: str = "auto",
     batch_size: int | None = None,
     progress: Progress = silent,
+    ray: RayOptions | None = None,
 ) -> tuple[Manifest, int]:
     """Embed every row of the pool (and its test split) with the ONNX encoder ``model`` and
     commit them, replacing earlier embeddings; takes the pool's writer lock. Returns the
-    manifest and the rows embedded."""
+    manifest and the rows embedded. With ``ray``, the pool's rows are embedded by Ray Data
+    actors (the test split, small, here)."""
     pool_path = Path(pool_path)
     with PoolWriter(pool_path):  # one writer; refuses copies; cleans up what a dead one left
         session = EncoderSession(model, provider, spec=spec)
@@ -92,6 +117,7 @@ def embed_pool(
             new=True,
             batch_size=batch_size or session.default_batch_size,
             progress=progress,
+            ray=ray,
         )
 
 

@@ -128,3 +128,31 @@ def assert_one_line_error(ran: Ran, *needles: str, code: int | None = None) -> N
     assert len(lines) == 1 and lines[0].startswith("error: "), out
     for n in needles:
         assert n in lines[0], (n, lines[0])
+
+
+def uint8_encoder(path: Path, weights: np.ndarray) -> Path:
+    """A tiny ONNX image encoder: uint8 NHWC [N, H, W, C] in (C = ``weights.shape[0]``), the
+    mean pixel per channel times ``weights`` [C, D] out, (N, D)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = [
+        helper.make_node("Cast", ["images"], ["x"], to=TensorProto.FLOAT),
+        helper.make_node("ReduceMean", ["x"], ["m"], axes=[1, 2], keepdims=0),
+        helper.make_node("MatMul", ["m", "w"], ["embedding"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "mean-pixel",
+        [
+            helper.make_tensor_value_info(
+                "images", TensorProto.UINT8, ["n", "h", "w", weights.shape[0]]
+            )
+        ],
+        [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["n", weights.shape[1]])],
+        [numpy_helper.from_array(weights, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    helper.set_model_props(model, {"dgaal.encoder": "mean-pixel"})
+    onnx.save(model, path)
+    return path

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from pools import export_untrained, random_pool
+from pools import export_untrained, random_pool, uint8_encoder
 
 from dgaal_core.pool.reader import PoolReader
 from dgaal_core.pool.writer import PoolWriter
@@ -101,6 +101,30 @@ def test_ray_generation_equals_the_local_runtime(local_ray, models):
     np.testing.assert_array_equal(
         generate_images_ray(generator_path, batch, noise, local_ray), g.generate(batch, noise)
     )
+
+
+def test_ray_embeddings_equal_the_local_ones(local_ray, models, tmp_path):
+    """`pool embed --engine ray` writes the same embeddings as the local runtime (both
+    shards of the pool), and a round's catch-up later embeds like either."""
+    from dgaal_core.pool.check import check_pool
+    from dgaal_core.pool.embeddings import open_embeddings
+    from export.embed import embed_pool
+
+    pool, _, _, _ = models
+    shutil.copytree(pool.parent, tmp_path / "c")  # the module's pool stays as it is
+    copy = tmp_path / "c" / pool.name
+    weights = np.random.default_rng(3).normal(size=(3, 6)).astype(np.float32)
+    model = uint8_encoder(tmp_path / "e.onnx", weights)
+    embed_pool(copy, model, provider="cpu")
+    local = open_embeddings(copy)
+    assert local is not None
+    want = local.split("pool").copy()
+    embed_pool(copy, model, provider="cpu", ray=local_ray)
+    ray_emb = open_embeddings(copy)
+    assert ray_emb is not None and ray_emb.rows("pool") == want.shape[0] == 1200
+    np.testing.assert_array_equal(ray_emb.split("pool"), want)
+    found = {f.check: f for f in check_pool(copy)}["embeddings"]
+    assert found.status == "ok" and "6-d from mean-pixel" in found.detail
 
 
 def test_sizing_leaves_a_cpu_for_the_reads(local_ray, models):

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
-from pools import cli
+from onnx import TensorProto, helper
+from pools import cli, uint8_encoder
 
 from dgaal_core.pool.check import check_pool
 from dgaal_core.pool.embeddings import MANIFEST, embed_dir, open_embeddings
@@ -21,24 +21,8 @@ from export.embed import catch_up
 W = np.random.default_rng(0).normal(size=(1, 5)).astype(np.float32)  # 1 channel -> 5-d
 
 
-def uint8_encoder(path: Path, weights: np.ndarray = W) -> Path:
-    """uint8 NHWC [N, H, W, C] in; the mean pixel per channel times ``weights`` out, (N, D)."""
-    nodes = [
-        helper.make_node("Cast", ["images"], ["x"], to=TensorProto.FLOAT),
-        helper.make_node("ReduceMean", ["x"], ["m"], axes=[1, 2], keepdims=0),
-        helper.make_node("MatMul", ["m", "w"], ["embedding"]),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "mean-pixel",
-        [helper.make_tensor_value_info("images", TensorProto.UINT8, ["n", "h", "w", 1])],
-        [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["n", weights.shape[1]])],
-        [numpy_helper.from_array(weights, "w")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    helper.set_model_props(model, {"dgaal.encoder": "mean-pixel"})
-    onnx.save(model, path)
-    return path
+def encoder(path: Path) -> Path:
+    return uint8_encoder(path, W)
 
 
 def float_encoder(path: Path, size: int = 16) -> Path:
@@ -67,7 +51,7 @@ def _mean_pixel(images: np.ndarray) -> np.ndarray:
 
 
 def test_embed_writes_one_vector_per_row_and_test_row(digits: Path, tmp_path: Path) -> None:
-    model = uint8_encoder(tmp_path / "enc.onnx")
+    model = encoder(tmp_path / "enc.onnx")
     ran = cli("pool", "embed", digits, "--model", model)
     assert ran.code == 0 and "as 5-d vectors with mean-pixel" in ran.stdout, ran
     emb = open_embeddings(digits)
@@ -109,7 +93,7 @@ def test_a_float_nchw_encoder_gets_resized_normalised_pixels(digits: Path, tmp_p
 def test_rows_that_join_later_are_embedded_with_the_same_encoder(
     digits: Path, tmp_path: Path
 ) -> None:
-    assert cli("pool", "embed", digits, "--model", uint8_encoder(tmp_path / "e.onnx")).code == 0
+    assert cli("pool", "embed", digits, "--model", encoder(tmp_path / "e.onnx")).code == 0
     new = np.random.default_rng(1).integers(0, 17, (7, 8, 8, 1), dtype=np.uint8)
     with PoolWriter(digits) as w:
         parents = np.arange(7)
@@ -129,7 +113,7 @@ def test_rows_that_join_later_are_embedded_with_the_same_encoder(
 def test_damaged_embeddings_are_one_line_and_a_new_embed_repairs_them(
     digits: Path, tmp_path: Path
 ) -> None:
-    model = uint8_encoder(tmp_path / "e.onnx")
+    model = encoder(tmp_path / "e.onnx")
     assert cli("pool", "embed", digits, "--model", model).code == 0
     folder = embed_dir(digits)
     manifest = json.loads((folder / MANIFEST).read_text())
@@ -154,7 +138,7 @@ def test_damaged_embeddings_are_one_line_and_a_new_embed_repairs_them(
 def test_encoders_that_do_not_fit_are_one_line(digits: Path, tmp_path: Path) -> None:
     not_onnx = tmp_path / "x.onnx"
     not_onnx.write_bytes(b"nope")
-    wide = uint8_encoder(tmp_path / "w.onnx")
+    wide = encoder(tmp_path / "w.onnx")
     cases = [
         (["--model", not_onnx], "not a loadable ONNX model"),
         (["--model", tmp_path / "missing.onnx"], "no such file"),

@@ -31,6 +31,22 @@ def _backup_or_error(path: Path) -> tuple[dict[str, Any] | None, dict[str, Any],
     return state, arrays, ""
 
 
+def _same(
+    state: dict[str, Any],
+    arrays: Any,
+    generation: int | None,
+    fields: dict[str, np.ndarray] | None,
+    rounds: list[Any] | None,
+    meta: dict[str, Any] | None,
+) -> bool:
+    """Whether the backup holds exactly what the index parsed to."""
+    if fields is None or int(state["generation"]) != generation:
+        return False
+    if state["rounds"] != rounds or state["meta"] != meta:
+        return False
+    return all(np.array_equal(arrays[f"field_{k}"].astype(np.int64), fields[k]) for k in ROW_FIELDS)
+
+
 def backup_finding(
     path: Path,
     index_damaged: bool,
@@ -53,6 +69,10 @@ def backup_finding(
         why = "rewrite it from the index" if healthy else "the index is damaged too"
         return Finding("backup", "damaged", error, repair=why, repairable=healthy)
     have = int(state["generation"])
+    if index_damaged and parsed and _same(state, arrays, generation, fields, rounds, meta):
+        return Finding(  # what is wrong is in both copies: rebuilding would change nothing
+            "backup", "ok", f"generation {have}, the same as the index (its damage included)"
+        )
     if index_damaged:
         if generation is not None and have < generation:
             return Finding(
@@ -67,11 +87,7 @@ def backup_finding(
         return Finding(
             "backup", "ok", f"one commit ahead (generation {have}); the next writer rewrites it"
         )
-    same = have == generation and state["rounds"] == rounds and state["meta"] == meta
-    same = same and all(
-        np.array_equal(arrays[f"field_{k}"].astype(np.int64), fields[k]) for k in ROW_FIELDS
-    )
-    if not same:
+    if not _same(state, arrays, generation, fields, rounds, meta):
         return Finding(
             "backup", "damaged",
             f"generation {have} differs from the index's {generation}",

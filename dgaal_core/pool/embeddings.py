@@ -230,16 +230,30 @@ def open_embeddings(pool_path: Path) -> Embeddings | None:
 EmbedBatches = Callable[[str, int, int], Iterator[np.ndarray]]
 
 
-def _write_part(folder: Path, split: str, start: int, batches: Iterator[np.ndarray]) -> Part:
-    """Write the embeddings ``batches`` yields as one new part file; returns its entry."""
-    chunks = [np.asarray(b, dtype=DTYPE) for b in batches]
-    array = np.concatenate(chunks) if chunks else np.zeros((0, 0), DTYPE)
+def _write_part(
+    folder: Path, split: str, start: int, rows: int, dim: int, batches: Iterator[np.ndarray]
+) -> Part:
+    """Write the ``rows`` embeddings ``batches`` yields (in row order) as one new part file,
+    streamed to disk (memory stays one batch); returns its entry."""
     name = f"{split}-{uuid.uuid4().hex[:16]}.npy"
-    atomic.require_space(folder, array.nbytes + 4096, f"the embeddings {name}")
+    atomic.require_space(folder, rows * dim * DTYPE.itemsize + 4096, f"the embeddings {name}")
     with atomic.replacing(folder / name) as tmp:
-        with open(tmp, "wb") as f:
-            np.save(f, array, allow_pickle=False)
-    return Part(name, start, int(array.shape[0]), file_sha256(folder / name))
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=DTYPE, shape=(rows, dim))
+        at = 0
+        for b in batches:
+            b = np.asarray(b)
+            if b.ndim != 2 or b.shape[1] != dim or at + b.shape[0] > rows:
+                raise PoolFormatError(
+                    f"the encoder gave embeddings of shape {list(b.shape)} at row {start + at}; "
+                    f"expected [n, {dim}] for {rows} rows in all"
+                )
+            out[at : at + b.shape[0]] = b
+            at += b.shape[0]
+        if at != rows:
+            raise PoolFormatError(f"the encoder gave {at} embeddings for {rows} rows")
+        out.flush()
+        del out
+    return Part(name, start, rows, file_sha256(folder / name))
 
 
 def unnamed_files(pool_path: Path, manifest: Manifest | None) -> list[str]:
@@ -318,9 +332,7 @@ def write_embeddings(
                 "run `dgaal pool embed` again"
             )
         if want > have:
-            part = _write_part(folder, split, have, embed(split, have, want))
-            if part.rows != want - have:
-                raise ValueError(f"the encoder gave {part.rows} rows for {want - have}")
+            part = _write_part(folder, split, have, want - have, base.dim, embed(split, have, want))
             parts[split] = (*parts.get(split, ()), part)
             changed = True
     manifest = Manifest(pool_id, base.encoder, parts)
