@@ -113,7 +113,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--out", type=Path, default=HERE / "results" / "al_curve")
     ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "dgaal-al-curve")
-    ap.add_argument("--data", default="digits", choices=("digits", "cifar"))
+    ap.add_argument("--data", default="digits", choices=("digits", "cifar", "cifar-full"))
     ap.add_argument("--split", default="test", choices=("test", "val"), help="val: for tuning")
     ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "dgaal-cache")
     ap.add_argument("--strategies", default="dgaal,dgaal-paper,vaal,random,entropy")
@@ -200,6 +200,7 @@ def main() -> None:
     source_text = {
         "digits": "built-in digits (scikit-learn)",
         "cifar": "CIFAR-10 subset (10,000 training JPEGs, 1,000 per class)",
+        "cifar-full": "CIFAR-10 (all 50,000 training JPEGs)",
     }[args.data] + (
         "; evaluated on a validation split of the training images"
         if args.split == "val"

@@ -125,14 +125,17 @@ def cifar_subset_source(
 
 
 def source_for(name: str, split: str, cache: Path) -> MemorySource:
-    """``"digits"`` or ``"cifar"`` (the 10,000-image subset), with the ``split`` to evaluate on."""
+    """``"digits"``, ``"cifar"`` (the 10,000-image subset) or ``"cifar-full"`` (all 50,000), with
+    the ``split`` to evaluate on."""
     if split not in SPLITS:
         raise SystemExit(f"--split: expected one of {SPLITS}, got {split!r}")
     if name == "digits":
         return digits_source(split)
     if name == "cifar":
         return cifar_subset_source(cache, split)
-    raise SystemExit(f"--data: expected digits or cifar, got {name!r}")
+    if name == "cifar-full":  # all 50,000 training images; the test split's 10,000
+        return cifar_subset_source(cache, split, n_train=50_000, n_eval=10_000)
+    raise SystemExit(f"--data: expected digits, cifar or cifar-full, got {name!r}")
 
 
 def make_pool(path: Path, source: MemorySource, initial: float = 0.1) -> Path:

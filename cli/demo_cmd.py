@@ -118,6 +118,10 @@ def demo_command(
         f"({exp.num_test} held out for testing), seed(s) {list(s.seeds)}; labelled set grows "
         f"{exp.targets[0]} -> {exp.targets[-1]} images, the simulated oracle answers the queries"
     )
+    console.print(  # which representation T learns on: nothing may download an encoder here
+        "T: the small CNN, trained from scratch on the pixels (no encoder; with `dgaal pool "
+        "embed` and `--task-model linear` T is a head on an encoder's features)"
+    )
     before = exp.results().runs
     if before and all(r.complete for r in before):
         console.print(f"(finished earlier in {out}; delete {workdir} to run it again)")

@@ -251,3 +251,18 @@ def test_a_pool_with_no_labels_starts_from_its_embeddings(tmp_path: Path) -> Non
     with PoolReader(pool) as r:
         (record,) = round_records(r)
     assert record.labelled == 30 and record.accuracy is not None and record.accuracy > 0.6
+
+
+def test_the_l2_choice_sees_a_stratified_subset_of_a_large_labelled_set(monkeypatch) -> None:
+    from dgaal_core.model import head
+
+    rng = np.random.default_rng(1)
+    y = np.repeat(np.arange(3), 40)
+    x = (rng.normal(0, 3, (3, 8))[y] + rng.normal(0, 1, (120, 8))).astype(np.float32)
+    seen: list[int] = []
+    fit = head._fit
+    monkeypatch.setattr(head, "_fit", lambda z, yy, *a: seen.append(yy.size) or fit(z, yy, *a))
+    monkeypatch.setattr(head, "CV_ROWS", 30)
+    first = head.choose_l2(x, y, 3)
+    assert max(seen) <= 21 and first in head.L2_GRID  # 2 of 3 folds of the 30 rows kept
+    assert head.choose_l2(x, y, 3) == first  # the subset is deterministic
