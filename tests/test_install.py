@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from pools import export_untrained, random_pool
+from pools import export_untrained, random_pool, uint8_encoder
 
 from export.runtime import GeneratorSession, SamplerSession
 
@@ -114,6 +114,13 @@ def test_base_install_scores_and_generates_like_the_full_install(base_venv, tmp_
     assert "scored 240 images" in out.stdout
     rows = np.loadtxt(tmp_path / "s.csv", delimiter=",", skiprows=1)
     np.testing.assert_array_equal(rows[:, 0], want.ids)
+
+    # pool embed is part of the runtime: onnxruntime and numpy, no torch, onnx or Pillow
+    weights = np.random.default_rng(0).normal(size=(3, 4)).astype(np.float32)
+    encoder = uint8_encoder(tmp_path / "encoder.onnx", weights)
+    out = _run([dgaal, "pool", "embed", str(pool), "--model", str(encoder), "--provider", "cpu"],
+               cwd=tmp_path)  # fmt: skip
+    assert "as 4-d vectors with mean-pixel" in out.stdout, out.stdout
 
     before = _tree_digest(tmp_path)
     cases = [

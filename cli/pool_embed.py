@@ -1,0 +1,118 @@
+"""``dgaal pool embed``: an image encoder's features of every pool and test image, stored beside
+the pool (registered on the ``pool`` group by :mod:`cli.pool_cmd`). No torch."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from .common import (
+    AddressOpt,
+    EngineName,
+    EngineOpt,
+    PoolArg,
+    ProviderOpt,
+    WorkersOpt,
+    ray_options,
+)
+
+
+def _numbers(option: str) -> Any:
+    def parse(value: str | None) -> tuple[float, ...] | None:
+        if value is None:
+            return None
+        try:
+            got = tuple(float(v) for v in value.replace(",", " ").split())
+        except ValueError:
+            raise typer.BadParameter(f"expected numbers like 0.5,0.5,0.5, got {value!r}") from None
+        if not got:
+            raise typer.BadParameter("expected one number per channel")
+        return got
+
+    return parse
+
+
+def embed(
+    pool: PoolArg,
+    model: Annotated[
+        Path,
+        typer.Option(
+            "--model",
+            help="ONNX image encoder: uint8 NHWC or float NCHW images in, (N, D) or "
+            "(N, D, 1, 1) out.",
+            show_default=False,
+        ),
+    ],
+    size: Annotated[
+        int | None,
+        typer.Option(
+            "--size",
+            min=1,
+            help="Resize images to SIZE x SIZE first (default: the model's fixed input size, "
+            "else the pool's own).",
+            show_default=False,
+        ),
+    ] = None,
+    mean: Annotated[
+        str | None,
+        typer.Option(
+            "--mean",
+            help="Float inputs: per-channel mean on [0, 1] pixels (default ImageNet's, or the "
+            "model's dgaal.mean metadata).",
+            show_default=False,
+        ),
+    ] = None,
+    std: Annotated[
+        str | None,
+        typer.Option(
+            "--std", help="Float inputs: per-channel std (as --mean).", show_default=False
+        ),
+    ] = None,
+    layout: Annotated[
+        str | None,
+        typer.Option(
+            "--layout",
+            help="nhwc | nchw (default: from the input's shape).",
+            show_default=False,
+        ),
+    ] = None,
+    provider: ProviderOpt = "auto",
+    batch_size: Annotated[
+        int | None,
+        typer.Option("--batch-size", min=1, help="Images per encoder run (256 CPU, 1024 CUDA)."),
+    ] = None,
+    engine: EngineOpt = EngineName.local,
+    address: AddressOpt = None,
+    workers: WorkersOpt = None,
+) -> None:
+    """Embed every image of the pool (and its test split) with an image encoder and store the
+    embeddings beside the pool (POOL's stem + .embed/), replacing earlier ones. Rows that join
+    later (generated images) are embedded with the same encoder by the round that adds them."""
+    from export.embed import embed_pool
+    from export.encoder import InputSpec
+
+    from .progress import StageProgress
+
+    if layout is not None and layout not in ("nhwc", "nchw"):
+        raise typer.BadParameter(f"expected nhwc or nchw, got {layout!r}", param_hint="--layout")
+    spec = InputSpec(
+        layout=layout,
+        size=size,
+        mean=_numbers("--mean")(mean),
+        std=_numbers("--std")(std),
+    )
+    ray = ray_options(engine, address, workers, provider, batch_size)
+    t0 = time.perf_counter()
+    with StageProgress() as report:
+        manifest, rows = embed_pool(
+            pool, model, spec=spec, provider=provider, batch_size=batch_size, progress=report,
+            ray=ray,
+        )  # fmt: skip
+    typer.echo(
+        f"embedded {rows} images of {pool} ({manifest.rows('pool')} pool, "
+        f"{manifest.rows('test')} test) as {manifest.dim}-d vectors with "
+        f"{manifest.encoder.get('name')} in {time.perf_counter() - t0:.1f} s"
+    )
