@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -20,19 +20,17 @@ from .common import (
 )
 
 
-def _numbers(option: str) -> Any:
-    def parse(value: str | None) -> tuple[float, ...] | None:
-        if value is None:
-            return None
-        try:
-            got = tuple(float(v) for v in value.replace(",", " ").split())
-        except ValueError:
-            raise typer.BadParameter(f"expected numbers like 0.5,0.5,0.5, got {value!r}") from None
-        if not got:
-            raise typer.BadParameter("expected one number per channel")
-        return got
+def _numbers(value: str | None, option: str) -> tuple[float, ...] | None:
+    from export.encoder import parse_floats
 
-    return parse
+    if value is None:
+        return None
+    try:
+        return parse_floats(value)
+    except ValueError:
+        raise typer.BadParameter(
+            f"expected numbers like 0.5,0.5,0.5, got {value!r}", param_hint=option
+        ) from None
 
 
 def embed(
@@ -101,8 +99,8 @@ def embed(
     spec = InputSpec(
         layout=layout,
         size=size,
-        mean=_numbers("--mean")(mean),
-        std=_numbers("--std")(std),
+        mean=_numbers(mean, "--mean"),
+        std=_numbers(std, "--std"),
     )
     ray = ray_options(engine, address, workers, provider, batch_size)
     t0 = time.perf_counter()

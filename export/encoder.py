@@ -44,10 +44,10 @@ class InputSpec:
     std: tuple[float, ...] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.as_items()}
-
-    def as_items(self) -> list[tuple[str, Any]]:
-        return [(f.name, getattr(self, f.name)) for f in dataclasses.fields(self)]
+        """JSON-able (tuples as lists), as the embeddings manifest records it."""
+        return {
+            k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> InputSpec:
@@ -59,9 +59,17 @@ class InputSpec:
         )
 
 
+def parse_floats(text: str) -> tuple[float, ...]:
+    """``"0.5,0.5 0.5"`` -> ``(0.5, 0.5, 0.5)``; ``ValueError`` on anything else or nothing."""
+    values = tuple(float(v) for v in text.replace(",", " ").split())
+    if not values:
+        raise ValueError(f"no numbers in {text!r}")
+    return values
+
+
 def _floats(text: str, what: str, path: Path) -> tuple[float, ...]:
     try:
-        return tuple(float(v) for v in text.replace(",", " ").split())
+        return parse_floats(text)
     except ValueError:
         raise ModelFileError(
             f"{path}: metadata {what} is not a list of numbers: {text!r}"

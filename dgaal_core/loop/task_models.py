@@ -17,7 +17,6 @@ from typing import Protocol
 import numpy as np
 
 from dgaal_core.errors import ConfigError, PoolFormatError
-from dgaal_core.loop.config import TASK_MODELS
 from dgaal_core.loop.sources import PoolSource, task_outputs
 from dgaal_core.loop.strategies import Need
 from dgaal_core.loop.strategies import strategy as get_strategy
@@ -119,11 +118,8 @@ def require_embeddings(
 ) -> Embeddings | None:
     """The pool's embeddings when T (``task_model``) or ``strategy`` needs them, a one-line
     error naming what needs them when the pool has none; None when nothing needs them."""
-    if task_model not in TASK_MODELS:
-        raise ConfigError(f"task_model must be one of {', '.join(TASK_MODELS)}, got {task_model!r}")
-    picks = strategy is not None and Need.EMBEDDINGS in (s := get_strategy(strategy)).needs(
-        s.defaults
-    )
+    picker = None if strategy is None else get_strategy(strategy)
+    picks = picker is not None and Need.EMBEDDINGS in picker.needs(picker.defaults)
     if task_model == "cnn" and not picks:
         return None
     emb = open_embeddings(reader.path)

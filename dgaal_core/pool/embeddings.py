@@ -34,7 +34,7 @@ import numpy as np
 from dgaal_core import atomic
 from dgaal_core.errors import PoolFormatError
 from dgaal_core.pool.findings import Finding, join
-from dgaal_core.pool.shards import file_sha256
+from dgaal_core.pool.shards import file_sha256, seal_holds
 
 FORMAT = "dgaal-embeddings"
 VERSION = 1
@@ -134,21 +134,6 @@ def read_manifest(pool_path: Path) -> Manifest | None:
         raise PoolFormatError(f"{path}: damaged embeddings manifest: not JSON ({e})") from None
 
 
-_VERIFIED: set[tuple[str, int, int, int, str]] = set()
-
-
-def _verified(path: Path, expected: str) -> bool:
-    """Whether ``path`` hashes to ``expected``; each file is hashed once per process (again only
-    if its inode, size or modification time changed)."""
-    st = path.stat()
-    key = (str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns, expected)
-    if key not in _VERIFIED:
-        if file_sha256(path) != expected:
-            return False
-        _VERIFIED.add(key)
-    return True
-
-
 class Embeddings:
     """The embeddings of one pool, read-only: ``pool(ids)`` and ``test()`` as float32.
 
@@ -175,7 +160,7 @@ class Embeddings:
         path = self.dir / part.name
         where = f"{self.pool_path}: damaged embeddings: {path}"
         try:
-            if not _verified(path, part.sha256):
+            if not seal_holds(path, part.sha256):  # hashed once per process
                 raise PoolFormatError(
                     f"{where} has changed since it was written (checksum mismatch); run "
                     "`dgaal pool embed` again"
@@ -234,11 +219,14 @@ def _write_part(
     folder: Path, split: str, start: int, rows: int, dim: int, batches: Iterator[np.ndarray]
 ) -> Part:
     """Write the ``rows`` embeddings ``batches`` yields (in row order) as one new part file,
-    streamed to disk (memory stays one batch); returns its entry."""
+    streamed to disk (memory stays one batch; plain writes, so a full disk is an ``OSError``
+    that the atomic writer turns into one line); returns its entry."""
     name = f"{split}-{uuid.uuid4().hex[:16]}.npy"
     atomic.require_space(folder, rows * dim * DTYPE.itemsize + 4096, f"the embeddings {name}")
-    with atomic.replacing(folder / name) as tmp:
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=DTYPE, shape=(rows, dim))
+    with atomic.replacing(folder / name) as tmp, open(tmp, "wb") as f:
+        header = {"descr": np.lib.format.dtype_to_descr(DTYPE), "fortran_order": False,
+                  "shape": (rows, dim)}  # fmt: skip
+        np.lib.format.write_array_header_1_0(f, header)
         at = 0
         for b in batches:
             b = np.asarray(b)
@@ -247,12 +235,10 @@ def _write_part(
                     f"the encoder gave embeddings of shape {list(b.shape)} at row {start + at}; "
                     f"expected [n, {dim}] for {rows} rows in all"
                 )
-            out[at : at + b.shape[0]] = b
+            f.write(np.ascontiguousarray(b, dtype=DTYPE).tobytes())
             at += b.shape[0]
         if at != rows:
             raise PoolFormatError(f"the encoder gave {at} embeddings for {rows} rows")
-        out.flush()
-        del out
     return Part(name, start, rows, file_sha256(folder / name))
 
 
@@ -293,8 +279,31 @@ def write_embeddings(
     ``embed(split, start, stop)`` yields float arrays [b, D] for those rows in order. With
     ``encoder`` (its entry without ``file``/``sha256``) and ``encoder_file``, the embeddings start
     over with that encoder (the old ones are removed once the new manifest is in place);
-    without, the rows that joined since are embedded with the encoder already recorded.
+    without, the rows that joined since are embedded with the encoder already recorded. A write
+    that fails (a full disk, Ctrl-C, a bad encoder) leaves the embeddings as they were and none
+    of its files.
     """
+    try:
+        return _write_embeddings(
+            pool_path, pool_id, rows, embed, encoder=encoder, encoder_file=encoder_file
+        )
+    except BaseException:  # a full disk, Ctrl-C, a bad encoder: nothing of this write stays
+        with contextlib.suppress(OSError, PoolFormatError):
+            remove_unnamed(pool_path, read_manifest(pool_path))
+            embed_dir(pool_path).rmdir()  # only when nothing else is there
+        raise
+
+
+def _write_embeddings(
+    pool_path: Path,
+    pool_id: str,
+    rows: dict[str, int],
+    embed: EmbedBatches,
+    *,
+    encoder: dict[str, Any] | None = None,
+    encoder_file: Path | None = None,
+) -> Manifest:
+    """:func:`write_embeddings` without the clean-up on failure."""
     pool_path = Path(pool_path)
     folder = embed_dir(pool_path)
     old = read_manifest(pool_path)
