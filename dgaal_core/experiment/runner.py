@@ -27,7 +27,7 @@ from __future__ import annotations
 import dataclasses
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +52,7 @@ from dgaal_core.loop.selection import choose_initial
 from dgaal_core.loop.serving import Embedder, Exporter
 from dgaal_core.loop.state import RoundRecord, pending_round
 from dgaal_core.loop.workdir import work_dir
-from dgaal_core.pool.embeddings import copy_embeddings
+from dgaal_core.pool.embeddings import open_embeddings, write_embeddings
 from dgaal_core.pool.reader import PoolReader
 from dgaal_core.pool.schema import Origin, State
 from dgaal_core.pool.writer import PoolBuilder, PoolWriter
@@ -60,6 +60,24 @@ from dgaal_core.progress import Progress
 from dgaal_core.values import derive_seed
 
 Log = Callable[[str], None]
+
+
+def _copy_embeddings(source: Path, rows: np.ndarray, target: Path, pool_id: str) -> bool:
+    """Give the pool at ``target`` (id ``pool_id``) the embeddings of ``source``'s pool rows
+    ``rows`` (in that order) and of all its test rows, with the same encoder and no encoder run;
+    False when ``source`` has none. The caller holds ``target``'s writer lock."""
+    emb = open_embeddings(Path(source))
+    if emb is None:
+        return False
+    rows = np.asarray(rows, dtype=np.int64)
+
+    def embed(split: str, lo: int, hi: int) -> Iterator[np.ndarray]:
+        yield emb.pool(rows[lo:hi]) if split == "pool" else emb.test()[lo:hi]
+
+    entry = {k: v for k, v in emb.manifest.encoder.items() if k not in ("file", "sha256")}
+    counts = {"pool": int(rows.size), "test": emb.rows("test")}
+    write_embeddings(target, pool_id, counts, embed, encoder=entry, encoder_file=emb.encoder_path)
+    return True
 
 
 def run_name(strategy: str, seed: int) -> str:
@@ -155,7 +173,7 @@ class Experiment:
                 meta = {"experiment": self._run_meta(strategy, seed).to_dict()}
                 b.finish(labelled=labelled, meta=meta)
         with PoolWriter(path, purpose="dgaal experiment") as w:  # the source's embeddings, if any
-            copy_embeddings(self.source, ids, path, w.index.pool_id)
+            _copy_embeddings(self.source, ids, path, w.index.pool_id)
 
     def _check_settings(self, path: Path, meta: RunMeta, strategy: str, seed: int) -> None:
         want = self._run_meta(strategy, seed)

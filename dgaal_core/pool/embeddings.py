@@ -388,21 +388,3 @@ def embeddings_finding(pool_path: Path, pool_id: str, rows: dict[str, int]) -> F
     if left := unnamed_files(pool_path, manifest):
         notes.append(f"{len(left)} left-over files of a write that died (the next writer removes)")
     return Finding("embeddings", "ok", "; ".join(notes))
-
-
-def copy_embeddings(source: Path, rows: np.ndarray, target: Path, pool_id: str) -> bool:
-    """Give the pool at ``target`` (id ``pool_id``) the embeddings of ``source``'s pool rows
-    ``rows`` (in that order) and of all its test rows, with the same encoder and no encoder run;
-    False when ``source`` has none. The caller holds ``target``'s writer lock."""
-    emb = open_embeddings(Path(source))
-    if emb is None:
-        return False
-    rows = np.asarray(rows, dtype=np.int64)
-
-    def embed(split: str, lo: int, hi: int) -> Iterator[np.ndarray]:
-        yield emb.pool(rows[lo:hi]) if split == "pool" else emb.test()[lo:hi]
-
-    entry = {k: v for k, v in emb.manifest.encoder.items() if k not in ("file", "sha256")}
-    counts = {"pool": int(rows.size), "test": emb.rows("test")}
-    write_embeddings(target, pool_id, counts, embed, encoder=entry, encoder_file=emb.encoder_path)
-    return True
