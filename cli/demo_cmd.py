@@ -84,8 +84,8 @@ def demo_command(
     from dgaal_core.loop.config import RoundConfig
     from export.round_backend import onnx_exporter
 
-    from .experiment_cmd import progress_line, results_table
-    from .progress import safe_point
+    from .experiment_cmd import results_table
+    from .progress import progress_line, safe_point
 
     t0 = time.perf_counter()
     set_torch_threads("small")

@@ -39,13 +39,6 @@ if TYPE_CHECKING:
     from dgaal_core.experiment.curves import Point
 
 
-def progress_line(message: str) -> None:
-    """One unwrapped progress line on stderr (the experiment's per-round log)."""
-    from .progress import console
-
-    console.print(message, soft_wrap=True, highlight=False, markup=False)
-
-
 def results_table(
     agg: dict[str, list[Point]], title: str = "test accuracy (oracle queries)"
 ) -> Table:
@@ -131,7 +124,7 @@ def experiment_command(
     from export.embed import round_embedder
     from export.round_backend import onnx_exporter
 
-    from .progress import safe_point
+    from .progress import progress_line, safe_point
 
     try:
         config = ExperimentConfig(

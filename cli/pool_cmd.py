@@ -150,13 +150,26 @@ def create(
 @handle_errors
 def info(pool: PoolArg, as_json: JsonOpt = False) -> None:
     """Show counts by state, origin and class, the image shape, the rounds so far, the size."""
-    from dgaal_core.loop.state import round_records
+    import numpy as np
+
+    from dgaal_core.loop.state import pending_round, round_records
     from dgaal_core.pool.embeddings import read_manifest
     from dgaal_core.pool.reader import PoolReader
+    from dgaal_core.pool.schema import State
 
     with PoolReader(pool) as r:
         r.check_shards()  # a missing or short shard: the pool is damaged, say so
         summary = r.summary()
+        pending = pending_round(r)
+        summary["pending_round"] = (
+            None
+            if pending is None
+            else {
+                "round": pending.round,
+                "phase": pending.phase.value,
+                "waiting": [int(i) for i in np.flatnonzero(r.states == State.QUERIED)],
+            }
+        )
         manifest = read_manifest(pool)
         summary["embeddings"] = (
             None
@@ -252,7 +265,9 @@ ROUND_COLUMNS = (
 MAX_CLASS_ROWS = 50
 
 
-def _fmt(v: Any) -> str:
+def _fmt(v: Any, key: str = "") -> str:
+    if key == "accuracy" and isinstance(v, float):
+        return f"{100 * v:.2f}%"  # as the round's summary shows it
     return f"{v:.4f}" if isinstance(v, float) else str(v)
 
 
@@ -261,6 +276,23 @@ def _round_values(r: Any) -> dict[str, Any]:
     return {"round": r.round, "strategy": r.strategy, "oracle_queries": r.oracle_queries,
             "free_labels": r.free_labels, "generated_added": r.generated_added,
             "accuracy": r.accuracy}  # fmt: skip
+
+
+def _pending_line(p: dict[str, Any], path: str) -> str:
+    """``round 2 is unfinished ...``: what the pool's pending round waits for."""
+    from dgaal_core.values import plural
+
+    waiting = p["waiting"]
+    if waiting:
+        ids = ", ".join(map(str, waiting[:10])) + (", ..." if len(waiting) > 10 else "")
+        return (
+            f"round {p['round']} is waiting for {plural(len(waiting), 'answer')} (id "
+            f"{ids}): `dgaal label --pool {path} ANSWERS`"
+        )
+    return (
+        f"round {p['round']} is unfinished (after phase '{p['phase']}'): the next "
+        "`dgaal round` finishes it"
+    )
 
 
 def _print_info(s: dict[str, Any], records: list[Any]) -> None:
@@ -306,6 +338,8 @@ def _print_info(s: dict[str, Any], records: list[Any]) -> None:
         con.print(per)
     else:
         con.print(f"({s['num_classes']} classes: see --json for per-class counts)")
+    if (p := s.get("pending_round")) is not None:
+        con.print(_pending_line(p, s["path"]), markup=False, highlight=False)
     if not records:
         con.print("rounds: none yet")
         return
@@ -315,7 +349,7 @@ def _print_info(s: dict[str, Any], records: list[Any]) -> None:
     for k in cols:
         table.add_column(k, justify="left" if k == "strategy" else "right")
     for row in rows:
-        table.add_row(*("" if row[k] is None else _fmt(row[k]) for k in cols))
+        table.add_row(*("" if row[k] is None else _fmt(row[k], k) for k in cols))
     con.print(table)
 
 

@@ -12,6 +12,12 @@ from . import interrupt
 console = Console(stderr=True)
 
 
+def progress_line(message: str) -> None:
+    """One unwrapped line on stderr (what a round or an experiment has to say): a log or a
+    pipe gets it whole, a terminal wraps it."""
+    console.print(message, soft_wrap=True, highlight=False, markup=False)
+
+
 def _rate_column(unit: str) -> Any:
     from rich.progress import ProgressColumn
     from rich.text import Text
@@ -41,18 +47,30 @@ class StageProgress:
             TimeElapsedColumn,
             TimeRemainingColumn,
         )
+        from rich.table import Column
 
+        # The stage's name and counts are never cut; on a narrow terminal only the losses at
+        # the end shrink (with an ellipsis), where rich would otherwise squeeze every column.
+        def whole() -> Column:
+            return Column(no_wrap=True)
+
+        rate = _rate_column(unit)
+        rate.table_column = whole()
         self._bar = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TaskProgressColumn(),
-            _rate_column(unit),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            TextColumn("{task.fields[info]}"),
+            TextColumn("{task.description}", table_column=whole()),
+            BarColumn(bar_width=20, table_column=whole()),
+            MofNCompleteColumn(table_column=whole()),
+            TaskProgressColumn(table_column=whole()),
+            rate,
+            TimeElapsedColumn(table_column=whole()),
+            TimeRemainingColumn(table_column=whole()),
+            TextColumn(
+                "{task.fields[info]}",
+                table_column=Column(ratio=1, no_wrap=True, overflow="ellipsis"),
+            ),
             console=console,
             disable=not (enabled and console.is_terminal),
+            expand=True,
         )
         self._tasks: dict[str, Any] = {}
         self._done: dict[str, int] = {}

@@ -42,6 +42,11 @@ from .common import (
 )
 
 
+def _split(total: int, real: int | None) -> str:
+    """``750 (725 real + 25 generated)``: a count of rows, real and generated."""
+    return f"{total} ({real} real + {total - real} generated)" if real is not None else str(total)
+
+
 def _summary(record: Any) -> None:
     """The finished round as a table (``record``: a RoundRecord)."""
     from rich.console import Console
@@ -59,11 +64,12 @@ def _summary(record: Any) -> None:
         ),
         ("free labels (generated images picked)", record.free_labels),
         ("generated images added", record.generated_added),
+        ("labelled", _split(record.labelled, record.labelled_real)),
         (
-            "labelled (ratio of real images)",
-            f"{record.labelled} ({100 * record.labelled_ratio:.1f}%)",
+            "labelled / real images (the paper's ratio)",
+            f"{record.labelled} / {record.real_images} ({100 * record.labelled_ratio:.1f}%)",
         ),
-        ("candidates left", record.candidates),
+        ("candidates left", _split(record.candidates, record.candidates_real)),
         ("test accuracy", "n/a (no test split)" if acc is None else f"{100 * acc:.2f}%"),
     ]
     for k, v in rows:
@@ -79,7 +85,8 @@ def round_command(
         str,
         typer.Option(
             help="dgaal | dgaal-paper | vaal | vaal-coevo | random | entropy | margin | coreset "
-            "| badge"
+            "| badge | typiclust. On a pool without labels the first round picks at random (by "
+            "typicality with embeddings) whatever is asked."
         ),
     ] = "dgaal",
     budget: Annotated[
@@ -160,17 +167,27 @@ def round_command(
     from export.embed import round_embedder
     from export.round_backend import onnx_exporter
 
-    from .progress import StageProgress, console
+    from .progress import StageProgress, progress_line
 
     set_torch_threads(preset)
-    log = console.print  # --quiet hides the bars, not what the round has to say
+    log = progress_line  # --quiet hides the bars, not what the round has to say
     with StageProgress(enabled=not quiet) as bars:
         exporter = onnx_exporter(
             provider=provider, progress=bars.stage("Scoring candidates"), ray=ray
         )
         embedder = round_embedder(provider)
-        job = Round(pool, cfg, exporter, workdir=workdir, progress=bars, log=log, embedder=embedder)
-        outcome = job.run()
+
+        def one_round() -> tuple[Round, Any]:
+            job = Round(
+                pool, cfg, exporter, workdir=workdir, progress=bars, log=log, embedder=embedder
+            )
+            return job, job.run()
+
+        job, outcome = one_round()
+        if job.finished_interrupted is not None:  # as documented: then the round asked for
+            _summary(outcome)
+            log(f"round {job.finished_interrupted} finished; now the round asked for")
+            job, outcome = one_round()
     if isinstance(outcome, AwaitingLabels):
         if not outcome.new:  # run again before the answers are in: an error, as before
             raise DgaalError(outcome.message)
@@ -207,17 +224,22 @@ def label_command(
 ) -> None:
     """Import a person's answers for the queried images of the current round."""
     from dgaal_core.loop.oracle import apply_answers
+    from dgaal_core.values import plural
 
     out = apply_answers(pool, answers)
     notes = [
         f"{out.skipped} skipped or not annotated" if out.skipped else "",
         f"{out.already} imported before" if out.already else "",
-        f"{out.other_rounds} tasks of other rounds ignored" if out.other_rounds else "",
+        f"{plural(out.other_rounds, 'task')} of other rounds ignored" if out.other_rounds else "",
     ]
     said = "".join(f"; {x}" for x in notes if x)
     left = out.still_queried
-    more = f"; {left} still waiting" if left else "; run `dgaal round` to finish the round"
-    typer.echo(f"round {out.round}: {out.answered} answers imported{said}{more}")
+    more = (
+        f"; {left} still waiting ({out.waiting_ids()})"
+        if left
+        else "; run `dgaal round` to finish the round"
+    )
+    typer.echo(f"round {out.round}: {plural(out.answered, 'answer')} imported{said}{more}")
 
 
 def register(app: typer.Typer) -> None:

@@ -63,3 +63,8 @@ def size_of(size: float, total: int) -> int:
     """The count a checked size means out of ``total``: a fraction is rounded once, a count is
     itself."""
     return round(size * total) if size < 1 else int(size)
+
+
+def plural(count: int, noun: str) -> str:
+    """``1 answer``, ``2 answers``: a count with its noun (English, regular plurals)."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"

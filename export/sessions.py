@@ -116,7 +116,9 @@ def session_options(threads: int | None = None) -> ort.SessionOptions:
 def resolve_provider(provider: str) -> str:
     """``"auto"`` -> ``"cuda"`` or ``"cpu"``; ``"cuda"`` without a device -> ProviderError."""
     if provider not in PROVIDERS:
-        raise ProviderError(f"--provider: expected one of {', '.join(PROVIDERS)}, got {provider!r}")
+        raise ProviderError(
+            f"provider (--provider): expected one of {', '.join(PROVIDERS)}, got {provider!r}"
+        )
     if provider == "cpu":
         return "cpu"
     if cuda_device_count() > 0:
@@ -127,7 +129,10 @@ def resolve_provider(provider: str) -> str:
             if CUDA_EP not in ort.get_available_providers()
             else "no CUDA device or driver found"
         )
-        raise ProviderError(f"provider 'cuda' asked for, but {why}; use --provider cpu")
+        raise ProviderError(
+            f"provider 'cuda' asked for, but {why}; use provider='cpu' (`--provider cpu` on the "
+            "command line)"
+        )
     return "cpu"
 
 

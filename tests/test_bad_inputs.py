@@ -260,7 +260,10 @@ POOL_CASES = {
         ["generate", "--model", "g.onnx", "--pool", "p.h5", "--ids", "3,x", "--out", "gen"],
         ["--ids", "x"],
     ),
-    "label_ids_not_queried": (["label", "--pool", "p.h5", "not_queried.csv"], ["not queried"]),
+    "label_ids_not_queried": (
+        ["label", "--pool", "p.h5", "not_queried.csv"],
+        ["not waiting for an answer"],
+    ),
     "generate_duplicate_ids": (
         ["generate", "--model", "g.onnx", "--pool", "p.h5", "--ids", "3,3,17", "--out", "gen"],
         ["--ids 3,3,17", "repeated: 3"],
@@ -308,12 +311,14 @@ def test_files_that_are_not_pools(here: Path, args: list, needles: list) -> None
     assert_one_line_error(dgaal(*args, cwd=here), *needles)
 
 
-def test_a_round_on_a_pool_without_labels_is_refused_before_writing(here: Path) -> None:
+def test_a_round_on_a_pool_without_labels_starts_cold_instead_of_refusing(here: Path) -> None:
     pool = here / "unlabelled.h5"
-    before = snapshot(pool)
-    proc = dgaal("round", "--pool", pool.name, "--budget", "4", "--quiet", cwd=here)
-    assert_one_line_error(proc, "unlabelled.h5", "no labelled images", "--initial")
-    assert snapshot(pool) == before  # and no work folder (snapshot says whether there is one)
+    proc = dgaal("round", "--pool", pool.name, "--budget", "4", "--quiet", "--task-epochs", "1",
+                 "--task-min-steps", "0", cwd=here)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "unlabelled.h5 has no labels yet: round 1 picks its images at random" in proc.stderr
+    with PoolReader(pool) as r:  # the source's truth answered them (the simulated oracle)
+        assert r.rounds()[0]["strategy"] == "random" and len(r.ids(State.LABELLED)) == 4
 
 
 def test_pool_info_on_a_pool_without_its_shard_folder_says_it_is_damaged(here: Path) -> None:
@@ -349,7 +354,7 @@ def test_pool_check_finds_the_damage_of_these_cases(here: Path) -> None:
 ANSWER_CASES = {
     "not_utf8": ("latin1.csv", ["latin1.csv", "not UTF-8"]),
     "missing_label_column": ("no_label_column.csv", ["no_label_column.csv", "'label'"]),
-    "id_not_queried": ("not_queried.csv", ["not_queried.csv:2", "id 9", "not queried"]),
+    "id_not_queried": ("not_queried.csv", ["not_queried.csv:2", "id 9", "not waiting for"]),
     "unknown_label": ("unknown_label.csv", ["unknown_label.csv:2", "'cat'", "not a class"]),
     "conflicting_duplicates": ("conflicting.csv", ["conflicting.csv:3", "conflicting answer"]),
     "empty_file": ("empty.csv", ["empty.csv", "'id' and 'label' columns"]),

@@ -154,7 +154,7 @@ def test_info_prints_rounds(tmp_path: Path) -> None:
         w.commit()
     code, stdout, _ = dgaal("pool", "info", out)
     assert code == 0
-    for word in ("strategy", "oracle_queries", "free_labels", "0.8125", "dgaal"):
+    for word in ("strategy", "oracle_queries", "free_labels", "81.25%", "dgaal"):
         assert word in stdout
     assert "generated_added" not in stdout
 

@@ -153,7 +153,7 @@ def test_label_studio_round_trip(server):
     out = dgaal(
         "label", "--pool", str(pool), str(_export(ls, project.id, "CSV", tmp_path / "again.csv"))
     )
-    assert "1 answers imported; 11 imported before; run `dgaal round` to finish" in out
+    assert "1 answer imported; 11 imported before; run `dgaal round` to finish" in out
     with PoolReader(pool) as r:
         assert r.states[skipped] == State.LABELLED and np.sum(r.states == State.QUERIED) == 0
         assert r.meta["pending_round"]["phase"] == "selected"

@@ -197,9 +197,9 @@ def test_filled_in_queries_csv_is_read_back(tmp_path, pool):
         header=("id", "suggested_label", "label"),
     )
     with PoolReader(path) as r:
-        ids, labels = read_answers(f, r)
-        assert ids.tolist() == [10, 12] and labels.tolist() == [0, 2]  # empty rows skipped
-        assert simulated_answers(r, ids).tolist() == [1, 0]
+        got = read_answers(f, r)
+        assert got.ids.tolist() == [10, 12] and got.labels.tolist() == [0, 2]  # empty skipped
+        assert simulated_answers(r, got.ids).tolist() == [1, 0]
 
 
 @pytest.mark.parametrize(
@@ -221,6 +221,30 @@ def test_bad_answers_name_the_line_and_why(tmp_path, pool, rows, message):
     with PoolReader(path) as r, pytest.raises(AnswersError, match=message) as e:
         read_answers(f, r)
     assert "\n" not in str(e.value)
+
+
+def test_a_completed_csv_imported_again_counts_its_answers_and_names_a_changed_one(tmp_path, pool):
+    path, _ = pool
+    first = apply_answers(path, _answers(tmp_path, [(10, "cat"), (11, "dog")]))
+    assert (first.answered, first.still_queried, first.waiting) == (2, 1, (12,))
+    assert first.waiting_ids() == "id 12"
+    # the same file with the last answer filled in: two imported before, one new
+    again = apply_answers(path, _answers(tmp_path, [(10, "cat"), (11, "dog"), (12, "owl")]))
+    assert (again.answered, again.already, again.still_queried) == (1, 2, 0)
+    with pytest.raises(AnswersError, match="id 11 was imported as 'dog', the file now says 'owl'"):
+        apply_answers(path, _answers(tmp_path, [(11, "owl")]))
+    with PoolReader(path) as r:
+        assert r.labels[[10, 11, 12]].tolist() == [0, 1, 2]
+        before = int(r.ids(State.LABELLED)[0])
+    with pytest.raises(AnswersError, match=f"id {before} is not waiting .*labelled before"):
+        apply_answers(path, _answers(tmp_path, [(before, "owl")]))
+
+
+def test_waiting_ids_are_named_and_cut_after_ten():
+    from dgaal_core.loop.oracle import ImportedAnswers
+
+    out = ImportedAnswers(1, 0, 12, waiting=tuple(range(12)))
+    assert out.waiting_ids() == "ids 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, ... (2 more)"
 
 
 def test_answers_file_without_columns_is_rejected(tmp_path, pool):

@@ -203,4 +203,4 @@ def test_a_round_waiting_for_answers_then_resumed_says_which_options_it_ignores(
     assert isinstance(record, RoundRecord) and record.strategy == "dgaal"
     assert len(record.selected) == 6 and record.oracle == "human"
     note = next(m for m in said if m.startswith("resuming round 1"))
-    assert "--budget 9" in note and "--strategy random" in note and "next round" in note
+    assert "--budget 9" in note and "--strategy random" in note and "round after it" in note

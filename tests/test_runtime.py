@@ -133,7 +133,7 @@ def test_providers_and_threads():
         resolve_provider("tpu")
     if cuda_device_count() == 0:
         assert resolve_provider("auto") == "cpu"
-        with pytest.raises(ProviderError, match="use --provider cpu"):
+        with pytest.raises(ProviderError, match=r"use provider='cpu' \(`--provider cpu`"):
             resolve_provider("cuda")
 
 

@@ -146,7 +146,8 @@ def check_budget(
     ):
         raise EmptyPoolError(
             f"{reader.path}: no labelled images, and strategy '{config.strategy}' "
-            "trains on labelled and unlabelled ones; create the pool with --initial above 0"
+            "trains on labelled and unlabelled ones; label a first set with --strategy random "
+            "or typiclust"
         )
     wanted = config.budget_count(int(np.sum(reader.fields["origin"] == Origin.REAL)))
     if wanted <= left:

@@ -119,13 +119,16 @@ def _parse_label(raw: str, class_names: list[str], where: str) -> int:
     raise AnswersError(f"{where}: label {raw!r} is not a class (expected one of: {shown})")
 
 
-def read_answers(path: Path, reader: PoolReader) -> tuple[np.ndarray, np.ndarray]:
-    """Parse and validate an answers CSV against the pool; returns ``(ids, labels)``.
+def read_answers(path: Path, reader: PoolReader, asked: set[int] | None = None) -> ExportAnswers:
+    """Parse and validate an answers CSV against the pool: the new answers and how many were
+    imported before.
 
     Accepts the ``queries.csv`` written by :func:`write_query_package` with its ``label``
     column filled in (rows left empty are skipped: answer in several sittings), or any CSV with
-    ``id`` and ``label`` columns. Unknown ids, ids not waiting for an answer, labels outside the
-    classes, and repeated ids (conflicting or not) are errors naming the line.
+    ``id`` and ``label`` columns. A row answered before with the same label (the completed file
+    imported again; ``asked``: the rows the pending round asked, None = any labelled row) is
+    counted as ``already``. Unknown ids, ids not waiting for an answer, a changed answer, labels
+    outside the classes, and repeated ids (conflicting or not) are errors naming the line.
     """
     if not path.is_file():
         raise AnswersError(f"{path}: no such answers file")
@@ -150,7 +153,6 @@ def read_answers(path: Path, reader: PoolReader) -> tuple[np.ndarray, np.ndarray
     fields = rows[0].keys() if rows else []
     if not rows or "id" not in fields or "label" not in fields:
         raise AnswersError(f"{path}: expected a CSV with 'id' and 'label' columns and rows")
-    states = reader.states
     seen: dict[int, tuple[int, int]] = {}
     for line_no, row in enumerate(rows, start=2):
         where = f"{path}:{line_no}"
@@ -163,8 +165,6 @@ def read_answers(path: Path, reader: PoolReader) -> tuple[np.ndarray, np.ndarray
             raise AnswersError(f"{where}: id {raw_id!r} is not an integer") from None
         if not 0 <= i < reader.num_rows:
             raise AnswersError(f"{where}: id {i} is not in the pool (0..{reader.num_rows - 1})")
-        if states[i] != State.QUERIED:
-            raise AnswersError(f"{where}: id {i} is not waiting for an answer (not queried)")
         label = _parse_label(raw_label, reader.class_names, where)
         if i in seen:
             prev_line, prev = seen[i]
@@ -173,10 +173,45 @@ def read_answers(path: Path, reader: PoolReader) -> tuple[np.ndarray, np.ndarray
         seen[i] = (line_no, label)
     if not seen:
         raise AnswersError(f"{path}: no answers (the 'label' column is empty)")
-    ids = np.fromiter(seen.keys(), dtype=np.int64)
-    labels = np.fromiter((v for _, v in seen.values()), dtype=np.int64)
-    order = np.argsort(ids)
-    return ids[order], labels[order]
+    ids, labels, already = [], [], 0
+    for i, (line_no, label) in seen.items():
+        if _is_new_answer(reader, i, label, f"{path}:{line_no}", asked, "file"):
+            ids.append(i)
+            labels.append(label)
+        else:
+            already += 1
+    return _answers_of(ids, labels, already=already)
+
+
+def _is_new_answer(
+    reader: PoolReader, pid: int, label: int, where: str, asked: set[int] | None, source: str
+) -> bool:
+    """Whether ``label`` for row ``pid`` is an answer to import (the row is queried), or one
+    imported before (the same label for a row this round asked: a re-import of a completed
+    file, counted, not an error). A changed answer and a row nobody asked about are errors."""
+    state, names = reader.states[pid], reader.class_names
+    if state == State.QUERIED:
+        return True
+    was_asked = asked is None or pid in asked
+    if state == State.LABELLED and was_asked and reader.labels[pid] == label:
+        return False
+    if state == State.LABELLED and was_asked and reader.labels[pid] >= 0:
+        raise AnswersError(
+            f"{where}: id {pid} was imported as {names[reader.labels[pid]]!r}, the {source} "
+            f"now says {names[label]!r}; nothing imported (an imported answer is final; "
+            "`dgaal round --abandon` before the round finishes discards them all)"
+        )
+    why = "labelled before this round" if state == State.LABELLED else "not queried"
+    raise AnswersError(f"{where}: id {pid} is not waiting for an answer ({why})")
+
+
+def _answers_of(ids: list[int], labels: list[int], **counts: Any) -> ExportAnswers:
+    order = np.argsort(np.asarray(ids, dtype=np.int64))
+    return ExportAnswers(
+        ids=np.asarray(ids, dtype=np.int64)[order],
+        labels=np.asarray(labels, dtype=np.int64)[order],
+        **counts,
+    )
 
 
 def _export_conflicts(by_id: dict[int, list[tuple[int, str]]], names: list[str]) -> None:
@@ -191,7 +226,9 @@ def _export_conflicts(by_id: dict[int, list[tuple[int, str]]], names: list[str])
         )
 
 
-def read_export(path: Path, reader: PoolReader, round_no: int) -> ExportAnswers:
+def read_export(
+    path: Path, reader: PoolReader, round_no: int, asked: set[int] | None = None
+) -> ExportAnswers:
     """Parse and validate a Label Studio export (JSON, JSON-MIN, CSV or TSV) of the tasks
     :func:`write_query_package` wrote, for the pending round ``round_no``.
 
@@ -203,7 +240,7 @@ def read_export(path: Path, reader: PoolReader, round_no: int) -> ExportAnswers:
     votes: list[Vote] = read_votes(path)
     if not votes:
         raise AnswersError(f"{path}: no tasks in this export")
-    states, labels_now, names = reader.states, reader.labels, reader.class_names
+    states, names = reader.states, reader.class_names
     other, unanswered = 0, set()
     by_id: dict[int, list[tuple[int, str]]] = {}
     for v in votes:
@@ -227,28 +264,20 @@ def read_export(path: Path, reader: PoolReader, round_no: int) -> ExportAnswers:
     ids, labels, already = [], [], 0
     for pid, votes_of in by_id.items():
         label, where = votes_of[0]
-        if states[pid] == State.QUERIED:
+        if _is_new_answer(reader, pid, label, where, asked, "export"):
             ids.append(pid)
             labels.append(label)
-        elif states[pid] == State.LABELLED and labels_now[pid] == label:
-            already += 1  # imported from an earlier export of the same project
-        elif states[pid] == State.LABELLED and labels_now[pid] >= 0:
-            raise AnswersError(
-                f"{where}: id {pid} was imported as {names[labels_now[pid]]!r}, the export now "
-                f"says {names[label]!r}; nothing imported"
-            )
         else:
-            raise AnswersError(f"{where}: id {pid} is not waiting for an answer (not queried)")
+            already += 1  # imported from an earlier export of the same project
     if not ids and not already:
         rounds = f"; {other} tasks of other rounds ignored" if other else ""
         raise AnswersError(
             f"{path}: no answers for round {round_no} ({len(unanswered)} tasks skipped or "
             f"not annotated{rounds})"
         )
-    order = np.argsort(np.asarray(ids, dtype=np.int64))
-    return ExportAnswers(
-        ids=np.asarray(ids, dtype=np.int64)[order],
-        labels=np.asarray(labels, dtype=np.int64)[order],
+    return _answers_of(
+        ids,
+        labels,
         unanswered=sorted(p for p in unanswered if p not in by_id and states[p] == State.QUERIED),
         other_rounds=other,
         already=already,
@@ -265,6 +294,15 @@ class ImportedAnswers:
     skipped: int = 0  # Label Studio tasks skipped or not annotated
     other_rounds: int = 0  # tasks of other rounds in the same project, ignored
     already: int = 0  # answers imported before with the same label
+    waiting: tuple[int, ...] = ()  # the rows still waiting, ascending
+
+    def waiting_ids(self, most: int = 10) -> str:
+        """``id 8`` / ``ids 8, 9, 12`` / ``ids 8, 9, ... (40 more)``: which rows still wait."""
+        if not self.waiting:
+            return ""
+        shown = ", ".join(str(i) for i in self.waiting[:most])
+        more = f", ... ({len(self.waiting) - most} more)" if len(self.waiting) > most else ""
+        return f"id{'s' if len(self.waiting) > 1 else ''} {shown}{more}"
 
 
 def apply_answers(pool_path: Path, answers: Path) -> ImportedAnswers:
@@ -279,22 +317,26 @@ def apply_answers(pool_path: Path, answers: Path) -> ImportedAnswers:
     with PoolWriter(pool_path, purpose="dgaal label") as w, PoolReader(pool_path) as r:
         pending = pending_round(r)
         n = pending.round if pending is not None else len(r.rounds()) + 1
-        extra: dict[str, int] = {}
+        # the rows this round asked: those a re-imported answer may repeat
+        asked_rows = (
+            np.flatnonzero(r.fields["round"] == n)
+            if pending is None
+            else pending.asked(r.fields["origin"])
+        )
+        asked = set(asked_rows.tolist())
         if answers.is_file() and is_label_studio_export(answers):
-            got = read_export(answers, r, n)
-            ids, labels = got.ids, got.labels
-            extra = {
-                "skipped": len(got.unanswered),
-                "other_rounds": got.other_rounds,
-                "already": got.already,
-            }
+            got = read_export(answers, r, n, asked)
         else:
-            ids, labels = read_answers(answers, r)
+            got = read_answers(answers, r, asked)
+        ids, labels = got.ids, got.labels
         if ids.size:
             w.set_labels(ids, labels)
             w.set_state(ids, State.LABELLED, round_no=n)
-        left = int(np.sum(w.field("state") == State.QUERIED))
-        if pending is not None and left == 0:
+        waiting = np.flatnonzero(w.field("state") == State.QUERIED)
+        if pending is not None and waiting.size == 0:
             set_pending(w, pending.moved(Phase.SELECTED))
         w.commit()
-    return ImportedAnswers(n, int(ids.size), left, **extra)
+    return ImportedAnswers(
+        n, int(ids.size), int(waiting.size), skipped=len(got.unanswered),
+        other_rounds=got.other_rounds, already=got.already, waiting=tuple(waiting.tolist()),
+    )  # fmt: skip

@@ -188,7 +188,9 @@ class RoundJob:
                     task.load_state_dict(ckpt["task"])
                     self._task = CnnTask(task, self.config.device)
             if self._task is None:
-                self._task = self.fit_task(reader, "pre", stage="Task model (T to select with)")
+                t0 = time.perf_counter()
+                self._task = self.fit_task(reader, "pre", stage="T to select with")
+                self._timed("task to select", t0)  # its own line, not hidden inside "select"
         return self._task
 
     def fit_task(self, reader: PoolReader, *keys: str, stage: str = "Task model") -> TaskModel:
@@ -213,7 +215,7 @@ class RoundJob:
         picked = self.strategy.select(context, budget, rng, self.settings)
         if context.d1_auc is not None:
             self.timings["score"] = round(context.seconds_scoring, 3)
-        self._timed("select", t0)
+        self._timed("select", t0 + self.timings.get("task to select", 0.0))
         return picked, context
 
     # ---- phase 4: the oracle, COMMIT A ---------------------------------------------------------
@@ -352,6 +354,7 @@ class RoundJob:
             real = int(np.sum(org == Origin.REAL))
             labelled_real = int(np.sum((st == State.LABELLED) & (org == Origin.REAL)))
             candidates = int(np.sum(st == State.UNLABELLED))
+            candidates_real = int(np.sum((st == State.UNLABELLED) & (org == Origin.REAL)))
         self._timed("task", t0)
         record = RoundRecord(
             round=self.n,
@@ -366,6 +369,8 @@ class RoundJob:
             labelled_ratio=labelled / max(1, real),
             oracle_queries_total=prior + pending.oracle_queries,
             candidates=candidates,
+            real_images=real,
+            candidates_real=candidates_real,
             picked_classes=tuple(picked_classes.tolist()),  # class histogram of the picks
             generated_share=pending.free_labels / max(1, len(pending.selected)),
             d1_auc=pending.d1_auc,

@@ -28,6 +28,7 @@ commit moves the phase on.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,13 +39,18 @@ from dgaal_core.loop.config import RoundConfig, check_budget
 from dgaal_core.loop.phases import Log, RoundJob
 from dgaal_core.loop.serving import Embedder, Exporter
 from dgaal_core.loop.state import PendingRound, Phase, RoundRecord, pending_round, work_folder
+from dgaal_core.loop.strategies import Need
 from dgaal_core.loop.task_models import require_embeddings
 from dgaal_core.loop.workdir import QUERIES_DIR, round_dir, work_dir
 from dgaal_core.model.training import resolve_device
+from dgaal_core.pool.embeddings import open_embeddings
 from dgaal_core.pool.reader import PoolReader
 from dgaal_core.pool.schema import State
 from dgaal_core.pool.writer import PoolWriter
 from dgaal_core.progress import Progress
+
+# What a strategy may need on a pool without labels (a cold start): nothing trained on them
+COLD_START_NEEDS = frozenset({Need.EMBEDDINGS})
 
 # RoundConfig fields and the options that set them, where the two names differ
 OPTION_OF = {"gan_epochs": "--epochs", "retrain_gan": "--retrain-gan"}
@@ -116,6 +122,9 @@ class Round:
         self.progress = progress
         self.log = log
         self._recorded: Path | None = None  # the work folder the pool's last round ran in
+        # the interrupted round this run finished (not one that waited for a person's answers):
+        # the command then goes on with the round it was asked for
+        self.finished_interrupted: int | None = None
 
     def run(self) -> RoundRecord | AwaitingLabels:
         """Run the next round, or finish an interrupted one; returns its record, or
@@ -134,15 +143,19 @@ class Round:
                 self._recorded = work_folder(r)
             if pending is not None and pending.round == n:
                 job = self._resume(w, pending)
+                if pending.oracle != "human":  # a person's answers finish a round, no more
+                    self.finished_interrupted = n
                 job.embed_new_rows()  # rows a killed round appended before embedding them
                 if pending.phase is Phase.AWAITING_LABELS or queried:
                     return self._awaiting(n, queried, new=False)
             else:
-                pending, job = None, self._job(w, n, self.config)
+                with PoolReader(self.pool_path) as r:
+                    config = self._cold_start(r, n)
+                pending, job = None, self._job(w, n, config)
                 with PoolReader(self.pool_path) as r:  # bad settings: refused before any write
                     r.check_shards()  # a missing test shard would otherwise surface at the end
-                    check_budget(self.config, r)
-                    require_embeddings(r, self.config.task_model, self.config.strategy)
+                    check_budget(config, r)
+                    require_embeddings(r, config.task_model, config.strategy)
                     run = job.run_config(r)
                 job.embed_new_rows()
                 resolve_device(run.train.device)  # --device cuda without a GPU
@@ -158,6 +171,27 @@ class Round:
                 pending = job.generate(pending)
             return job.finish(pending)
 
+    def _cold_start(self, reader: PoolReader, n: int) -> RoundConfig:
+        """The config of round ``n``: the one asked for, or, on a pool without a single label
+        and a strategy that needs them (T, D1), a cold start that needs none: TypiClust on the
+        pool's embeddings when it has them, else random. Said in one line; the asked-for
+        strategy takes over from the next round."""
+        config = self.config
+        needs = config.strategy_object.needs(config.selection())
+        if np.any(reader.states == State.LABELLED) or needs <= COLD_START_NEEDS:
+            return config
+        cold = "typiclust" if open_embeddings(self.pool_path) is not None else "random"
+        how = "by typicality on the pool's embeddings" if cold == "typiclust" else "at random"
+        hint = "" if cold == "typiclust" else " (`dgaal pool embed` first to pick by typicality)"
+        self.log(
+            f"{self.pool_path} has no labels yet: round {n} picks its images {how}{hint}, "
+            f"trains nothing, and strategy '{config.strategy}' takes over once they are labelled"
+        )
+        return dataclasses.replace(
+            config, strategy=cold, shortlist=None, task_weight=None, generated_cap=None,
+            retrain_gan=None,
+        )  # fmt: skip
+
     def _job(self, writer: PoolWriter, n: int, config: RoundConfig) -> RoundJob:
         return RoundJob(
             self.pool_path, n, config, self.exporter, writer, self.workdir,
@@ -172,8 +206,11 @@ class Round:
         job.timings = dict(pending.timings)
         if pending.phase is not Phase.AWAITING_LABELS:
             ignored = ignored_options(self.config, config)
+            after = "the round after it" if pending.oracle == "human" else "the round started next"
             note = (
-                f"; ignoring {', '.join(ignored)} (they apply to the next round)" if ignored else ""
+                f"; with its own settings, not {', '.join(ignored)} (they apply to {after})"
+                if ignored
+                else ""
             )
             self.log(f"resuming round {pending.round} after phase '{pending.phase.value}'{note}")
         return job

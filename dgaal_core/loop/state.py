@@ -226,6 +226,8 @@ class RoundRecord:
     oracle_queries_total: int | None = None  # queries of every round so far
     candidates: int | None = None  # candidates left after the round
     labelled_real: int | None = None
+    real_images: int | None = None  # real rows of the pool (the ratio's denominator)
+    candidates_real: int | None = None  # real candidates left after the round
     picked_classes: tuple[int, ...] | None = None  # class histogram of the picks
     generated_share: float | None = None  # share of the picks that were generated rows
     d1_auc: float | None = None
@@ -272,6 +274,8 @@ class RoundRecord:
             oracle_queries_total=_optional(d, "oracle_queries_total", _int, where),
             candidates=_optional(d, "candidates", _int, where),
             labelled_real=_optional(d, "labelled_real", _int, where),
+            real_images=_optional(d, "real_images", _int, where),
+            candidates_real=_optional(d, "candidates_real", _int, where),
             picked_classes=_optional(d, "picked_classes", _ids, where),
             generated_share=_optional(d, "generated_share", _float, where),
             d1_auc=_optional(d, "d1_auc", _float, where),
