@@ -19,6 +19,7 @@ from dgaal_core.experiment.report import headline, verdict, write_report
 from dgaal_core.experiment.results import Results, results_from_pool
 from dgaal_core.experiment.summary import summary_markdown
 from dgaal_core.loop.selection import choose_initial
+from dgaal_core.pool.reader import PoolReader
 from dgaal_core.pool.schema import State
 from dgaal_core.pool.writer import PoolBuilder, PoolWriter
 
@@ -157,11 +158,37 @@ def test_write_report_files_are_pngs_and_markdown(results, tmp_path):
 def test_report_from_a_pool_round_log(tmp_path):
     pool = selection_pool(tmp_path / "p.h5")
     res = results_from_pool(pool)
-    assert res.runs[0].strategy == "dgaal" and len(res.runs[0].rows) == 1
+    rows = res.runs[0].rows
+    assert res.runs[0].strategy == "dgaal" and [x.round for x in rows] == [0, 1]
+    with PoolReader(pool) as r:  # the initial set (one of its rows was picked again by hand)
+        initial = int(np.sum((r.fields["round"] == 0) & (r.states == State.LABELLED)))
+    assert rows[0].labelled == initial == 3 and rows[0].accuracy is None  # never evaluated
     cli = CliRunner().invoke(app, ["report", "--pool", str(pool), "--out", str(tmp_path / "r")])
     assert cli.exit_code == 0, cli.output
     assert (tmp_path / "r" / "selection.png").read_bytes().startswith(PNG)
-    assert "| dgaal | 1 | 75.0 (3) |" in (tmp_path / "r" / "summary.md").read_text()
+    summary = (tmp_path / "r" / "summary.md").read_text()
+    assert "| dgaal | 1 | n/a (0) | 75.0 (3) |" in summary
+    assert "–" not in summary and "n/a: not measured in these runs" in summary
+    assert "minus random" not in summary  # a column with nothing in it is left out
+
+
+def test_a_flat_accuracy_curve_gets_an_axis_of_five_points():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from dgaal_core.experiment.plots import _accuracy_span
+
+    fig, ax = plt.subplots()
+    ax.plot([0.1, 0.2], [0.424, 0.426])
+    _accuracy_span(ax)
+    lo, hi = ax.get_ylim()
+    assert hi - lo == pytest.approx(0.05) and lo < 0.424 and hi > 0.426
+    ax.set_ylim(0.97, 0.999)
+    _accuracy_span(ax)
+    assert ax.get_ylim() == pytest.approx((0.95, 1.0))  # kept inside [0, 1]
+    plt.close(fig)
 
 
 def test_report_errors_are_one_line(tmp_path):

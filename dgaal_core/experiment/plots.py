@@ -95,6 +95,19 @@ def _percent_axis(ax: Axes, axis: str) -> None:
     (ax.xaxis if axis == "x" else ax.yaxis).set_major_formatter(fmt)
 
 
+MIN_ACCURACY_SPAN = 0.05  # an accuracy axis spans at least 5 points: noise stays small
+
+
+def _accuracy_span(ax: Axes) -> None:
+    """Widen a flat accuracy axis (one pool, a few rounds) to at least MIN_ACCURACY_SPAN inside
+    [0, 1], so a 0.2-point wiggle is not drawn as a cliff with 42.575% ticks."""
+    lo, hi = ax.get_ylim()
+    if hi - lo < MIN_ACCURACY_SPAN:
+        mid = (lo + hi) / 2
+        lo = min(max(0.0, mid - MIN_ACCURACY_SPAN / 2), 1.0 - MIN_ACCURACY_SPAN)
+        ax.set_ylim(lo, lo + MIN_ACCURACY_SPAN)
+
+
 def _legend(fig: Figure, ax: Axes) -> None:
     """The legend below the axes, in one or two rows, so it never hides a curve."""
     handles, labels = ax.get_legend_handles_labels()
@@ -145,11 +158,15 @@ def plot_accuracy(
         _line(ax, strategy, order, xs, mean)
     _percent_axis(ax, "x")
     _percent_axis(ax, "y")
+    _accuracy_span(ax)
     ax.set_xlabel("labelled images (% of the real training images)")
     ax.set_ylabel("test accuracy (%)")
     what = "min–max" if band != "sd" else "±1 sd"
     note = f"lines: mean, bands: {what} over seeds" if multi else ""
-    subtitle = "; ".join(x for x in (title, note) if x)
+    # a pool's own log counts its initial labelled set but never evaluated T on it: say so
+    unmeasured = sorted({p.ratio for pts in agg.values() for p in pts if p.acc_mean is None})
+    gap = "no accuracy at " + ", ".join(f"{100 * r:.0f}%" for r in unmeasured) if unmeasured else ""
+    subtitle = "; ".join(x for x in (title, note, gap) if x)
     ax.set_title("Test accuracy vs labelled data" + (f"\n{subtitle}" if subtitle else ""),
                  fontsize=11)  # fmt: skip
     _legend(fig, ax)
@@ -193,6 +210,7 @@ def plot_accuracy_vs_queries(agg: dict[str, list[Point]], path: Path, *, title: 
         if pts:
             _line(ax, strategy, order, [p.queries for p in pts], [p.acc_mean for p in pts])
     _percent_axis(ax, "y")
+    _accuracy_span(ax)
     ax.set_xlabel("oracle queries after the initial labelled set (images)")
     ax.set_ylabel("test accuracy (%, mean over seeds)")
     ax.set_title("Test accuracy vs annotation cost" + (f"\n{title}" if title else ""), fontsize=11)

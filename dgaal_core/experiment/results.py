@@ -15,10 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
+
 from dgaal_core.atomic import write_json
 from dgaal_core.experiment.config import ExperimentError
 from dgaal_core.loop.state import RoundRecord, pending_round, round_records
 from dgaal_core.pool.reader import PoolReader
+from dgaal_core.pool.schema import Origin, State
 
 RESULTS_FORMAT = "dgaal-experiment-results"
 RESULTS_VERSION = 1
@@ -203,11 +206,16 @@ def run_results(pool_path: Path) -> RunResult:
         meta = run_meta(r)
         records = round_records(r)
         pending = pending_round(r)
+        # a pool's own log: round 0 is its initial labelled set (counted, never evaluated)
+        initial = int(np.sum((r.fields["round"] == 0) & (r.states == State.LABELLED)))
+        real = int(np.sum(r.fields["origin"] == Origin.REAL))
     rows = [ResultRow.of(x) for x in records]
     if meta is not None:
         rows = [dataclasses.replace(x, label_fidelity=meta.fidelity.get(x.round)) for x in rows]
         if meta.round0 is not None:
             rows.insert(0, meta.round0)
+    elif rows and initial:
+        rows.insert(0, ResultRow(0, initial, initial / max(1, real), labelled_real=initial))
     strategies = "+".join(dict.fromkeys(x.strategy for x in records)) or "none"
     first_seed = records[0].config.seed if records and records[0].config else None
     return RunResult(

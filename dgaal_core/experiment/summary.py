@@ -81,7 +81,41 @@ def summary_markdown(results: Results, agg: dict[str, list[Point]] | None = None
     lines += _paired_section(results)
     lines += _cost_section(agg)
     lines += _diagnostics_section(results)
-    return "\n".join(lines) + "\n"
+    return "\n".join(_tidy_tables(lines)) + "\n"
+
+
+EMPTY = "–"  # a cell the sections leave empty: nothing measured there
+NOT_MEASURED = (
+    "n/a: not measured in these runs (no random run to compare with, no evaluation of the "
+    "initial labelled set in a pool's own round log, no x_g in the round, ...)."
+)
+
+
+def _tidy_tables(lines: list[str]) -> list[str]:
+    """The Markdown tables without columns that hold nothing, and ``n/a`` (explained once at
+    the end) in the cells left empty, instead of bare dashes."""
+    out: list[str] = []
+    k, any_na = 0, False
+    while k < len(lines):
+        if not lines[k].startswith("|"):
+            out.append(lines[k])
+            k += 1
+            continue
+        end = k
+        while end < len(lines) and lines[end].startswith("|"):
+            end += 1
+        rows = [x.strip().strip("|").split("|") for x in lines[k:end]]
+        header, rule, body = rows[0], rows[1], rows[2:]
+        keep = [c for c in range(len(header)) if any(r[c].strip() != EMPTY for r in body)]
+        keep = keep or list(range(len(header)))
+        for row in (header, rule, *body):
+            cells = [row[c].strip() for c in keep]
+            if row is not header and row is not rule:
+                any_na |= any(x.startswith(EMPTY) for x in cells)
+                cells = ["n/a" + x[1:] if x.startswith(EMPTY) else x for x in cells]
+            out.append("| " + " | ".join(cells) + " |")
+        k = end
+    return [*out, "", NOT_MEASURED] if any_na else out
 
 
 def _paired_section(results: Results, strategy: str = "dgaal") -> list[str]:
