@@ -6,6 +6,8 @@ command functions, so ``dgaal --help`` and the pool commands never load torch.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
 from . import (
@@ -26,7 +28,34 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_show_locals=False,
+    rich_markup_mode=None,
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"dgaal {version('dgaal')}")
+        except PackageNotFoundError:  # run from a source tree that was never installed
+            typer.echo("dgaal (not installed: no version)")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    show_version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Dual Generative Adversarial Active Learning: pools in HDF5, training in PyTorch,
+    scoring and generation with ONNX Runtime."""
+
+
 app.add_typer(pool_cmd.app, name="pool")
 round_cmd.register(app)
 experiment_cmd.register(app)

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 app = typer.Typer(
     help="Create a pool file from images, show what is in one, check one for damage.",
     no_args_is_help=True,
+    rich_markup_mode=None,  # plain help: no markup eats "[ray]", flags show no "<bool>"
 )
 
 
@@ -93,7 +94,10 @@ def create(
     ] = None,
     channels: Annotated[
         int | None,
-        typer.Option("--channels", help="Force 1 (grayscale) or 3 (RGB) channels (folder only)."),
+        typer.Option(
+            "--channels",
+            help="Force 1 (grayscale) or 3 (RGB) channels, converting every image (folder only).",
+        ),
     ] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Images per write.")] = 1024,
     workers: Annotated[

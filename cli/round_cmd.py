@@ -135,6 +135,10 @@ def round_command(
             help="Roll back the unfinished round instead (only before its labels are committed).",
         ),
     ] = False,
+    yes: Annotated[
+        bool,
+        typer.Option("--yes", help="With --abandon: discard answers already imported, too."),
+    ] = False,
 ) -> None:
     """Run one active-learning round, or finish an interrupted one.
 
@@ -143,7 +147,7 @@ def round_command(
     that stopped before committing labels, or that waits for a person's answers.
     """
     if abandon:
-        _abandon(pool, workdir)
+        _abandon(pool, workdir, yes)
         return
     from dgaal_core.loop.config import RoundConfig  # no torch yet: bad settings fail fast
     from dgaal_core.values import parse_size
@@ -196,10 +200,10 @@ def round_command(
     _summary(outcome)
 
 
-def _abandon(pool: Path, workdir: Path | None) -> None:
+def _abandon(pool: Path, workdir: Path | None, yes: bool) -> None:
     from dgaal_core.loop.abandon import abandon_round
 
-    out = abandon_round(pool, workdir)
+    out = abandon_round(pool, workdir, discard_answers=yes)
     if out.phase is None:
         what = "it had written nothing to the pool"
     else:

@@ -35,11 +35,14 @@ def contact_sheet(
 ) -> Image.Image:
     """A grid of ``images`` (uint8 [N, H, W, C]); rows where ``framed`` is true get a red frame
     (the paper's Fig. 4 marks generated images so). Small images are upscaled (nearest) to
-    ``cell`` pixels so 8x8 digits stay legible; ``captions`` go under each cell."""
+    ``cell`` pixels so 8x8 digits stay legible; ``captions`` go under each cell, one line per
+    ``\n``, each cut to the cell's width."""
     n = images.shape[0]
     cols = cols or max(1, int(np.ceil(np.sqrt(n))))
     rows = max(1, int(np.ceil(n / cols)))
-    cap_h = 12 if captions else 0
+    lines = [str(c).split("\n") for c in captions] if captions else []
+    fits = max(1, (cell + 2 * pad - 2) // 6)  # Pillow's default font: about 6 px a character
+    cap_h = 12 * max((len(x) for x in lines), default=0)
     step_x, step_y = cell + 2 * pad, cell + 2 * pad + cap_h
     sheet = Image.new("RGB", (cols * step_x, rows * step_y), (255, 255, 255))
     draw = ImageDraw.Draw(sheet)
@@ -51,6 +54,6 @@ def contact_sheet(
         sheet.paste(tile, (x0, y0))
         if framed[i]:
             draw.rectangle([x0 - 3, y0 - 3, x0 + cell + 2, y0 + cell + 2], outline=RED, width=3)
-        if captions:
-            draw.text((x0, y0 + cell + 2), str(captions[i])[:10], fill=(0, 0, 0))
+        for k, text in enumerate(lines[i] if lines else ()):
+            draw.text((x0 - pad + 1, y0 + cell + 2 + 12 * k), text[:fits], fill=(0, 0, 0))
     return sheet

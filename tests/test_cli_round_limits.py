@@ -81,7 +81,10 @@ def test_abandon_rolls_back_a_round_before_its_labels_are_committed(pool: Path) 
     ok("label", "--pool", pool, pool.with_name("a.csv"))
     assert info(pool)["queried"] == 5
 
-    out = ok("round", "--pool", pool, "--abandon")
+    held = info(pool)  # a person's answers are not thrown away without --yes
+    assert_refused(dgaal("round", "--pool", pool, "--abandon"), "3 answers imported", "--yes")
+    assert info(pool) == held
+    out = ok("round", "--pool", pool, "--abandon", "--yes")
     assert "round 1 abandoned: 8 queried images are candidates again" in out
     assert "3 answers already imported discarded" in out and "round-0001.abandoned" in out
     after = info(pool)

@@ -150,10 +150,15 @@ def test_channels_gray_rgba_palette_and_16_bit(tmp_path: Path) -> None:
     np.testing.assert_array_equal(batch[1], colour)
     np.testing.assert_array_equal(batch[2], colour)
     assert batch[3].shape == (H, W, 3)
-    # forcing one channel accepts gray content saved as RGB, refuses real colour
-    forced = ingest.open_folder(mixed, channels=1)
-    with pytest.raises(IngestError, match=r"1\.png: colour image .*--channels 3"):
-        list(forced.train_batches(16))
+    # forcing one channel converts colour to luminance (as --channels 3 converts gray to RGB)
+    forced = next(ingest.open_folder(mixed, channels=1).train_batches(16))[0]
+    assert forced.shape == (4, H, W, 1)
+    np.testing.assert_array_equal(forced[0, ..., 0], gray[0])
+    luma = np.asarray(Image.fromarray(colour).convert("L"))
+    np.testing.assert_array_equal(forced[1, ..., 0], luma)
+    # a grey pool decided by the first images still refuses a colour image among later ones
+    with pytest.raises(IngestError, match=r"1\.png: colour image .*--channels"):
+        ingest_folder.to_array(Image.fromarray(colour), 1, mixed / "k" / "1.png")
 
 
 def test_mixed_sizes_name_the_file_and_both_sizes(tmp_path: Path, monkeypatch) -> None:

@@ -68,7 +68,11 @@ def test_query_package_has_csv_pngs_sheet_and_label_studio_tasks(tmp_path, pool)
     assert [r["suggested_label"] for r in rows] == CLASSES
     png = Path(out["images"]) / "11.png"
     np.testing.assert_array_equal(np.asarray(Image.open(png)), images[11])
-    assert Image.open(out["contact_sheet"]).size[0] > 0
+    sheet = np.asarray(Image.open(out["contact_sheet"]).convert("L"))
+    assert sheet.shape == (2 * (64 + 8 + 24), 2 * (64 + 8))  # 2x2 cells, two caption lines
+    assert sheet[4 + 64 + 2 + 12 : 4 + 64 + 24, :72].min() < 100  # T's "cat 50%" is written
+    bare = write_query_package(tmp_path / "bare", ids, images[ids], None, CLASSES)
+    assert Image.open(bare["contact_sheet"]).size == (2 * 72, 2 * (72 + 12))  # ids only
     tasks = json.loads(open(out["label_studio"]).read())
     data = tasks[1]["data"]
     assert data["image"] == "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode()

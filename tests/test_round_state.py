@@ -18,6 +18,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.main import app
+from dgaal_core.errors import DgaalError
 from dgaal_core.experiment.results import RunMeta, run_results
 from dgaal_core.loop.abandon import abandon_round
 from dgaal_core.loop.config import RoundConfig
@@ -132,7 +133,7 @@ def test_the_v1_pool_is_checked_read_reported_and_finished(pool: Path, tmp_path:
     assert out.exit_code == 0 and "random" in out.output and "rounds" in out.output, out.output
     out = runner.invoke(app, ["report", "--pool", str(pool), "--out", str(tmp_path / "r")])
     assert out.exit_code == 0, out.output
-    assert [row.round for row in run_results(pool).rows] == [1, 2]
+    assert [row.round for row in run_results(pool).rows] == [0, 1, 2]  # 0: the initial set
     done = apply_answers(pool, _answer_the_rest(pool))
     assert (done.round, done.answered, done.still_queried) == (3, 4, 0)
     with PoolReader(pool) as r:
@@ -143,7 +144,9 @@ def test_the_v1_pool_is_checked_read_reported_and_finished(pool: Path, tmp_path:
 
 @pytest.mark.slow
 def test_the_v1_pool_s_waiting_round_can_be_abandoned_and_a_new_one_run(pool: Path) -> None:
-    out = abandon_round(pool)
+    with pytest.raises(DgaalError, match="holds 4 answers imported"):
+        abandon_round(pool)
+    out = abandon_round(pool, discard_answers=True)
     assert out.phase is Phase.AWAITING_LABELS and out.requeued == 8 and out.answers_discarded == 4
     res = CliRunner().invoke(
         app,

@@ -12,7 +12,8 @@ folders (``.name``) are skipped. Symlinked folders are followed, each folder onc
 a folder above it (a loop) is skipped, and an entry that cannot be read (a link to itself) is an
 error naming it. Pixels are taken as stored (EXIF orientation is not applied).
 Channels: 1 if every probed image is grayscale (L, LA, 1, I;16...), else 3 (RGB; RGBA, P, CMYK
-are converted); ``--channels`` forces either. Imports numpy and PIL only, never torch.
+are converted); ``--channels`` forces either, converting every image to it. Imports numpy
+and PIL only, never torch.
 """
 
 from __future__ import annotations
@@ -191,11 +192,14 @@ def _gray_array(im: Image.Image) -> np.ndarray:
     return np.asarray(im if im.mode == "L" else im.convert("L"))
 
 
-def to_array(im: Image.Image, channels: int, path: FilePath) -> np.ndarray:
+def to_array(
+    im: Image.Image, channels: int, path: FilePath, *, convert: bool = False
+) -> np.ndarray:
     """Decode ``im`` to uint8 [H, W, channels] in the pool's colour mode.
 
     A grayscale image in a colour pool is replicated to RGB; a colour image in a grayscale pool
-    is accepted only if its channels are equal (gray content saved as RGB).
+    is converted to luminance when ``convert`` (``--channels 1`` asked for it), else accepted
+    only if its channels are equal (gray content saved as RGB).
     """
     if im.mode in GRAY_MODES:
         gray = _gray_array(im)
@@ -203,10 +207,12 @@ def to_array(im: Image.Image, channels: int, path: FilePath) -> np.ndarray:
     rgb = np.asarray(im if im.mode == "RGB" else im.convert("RGB"))
     if channels == 3:
         return rgb
+    if convert:  # ITU-R 601 luma, as Pillow's "L" mode
+        return np.asarray(Image.fromarray(rgb).convert("L"))[:, :, None]
     if not (np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2])):
         raise IngestError(
             f"{path}: colour image ({im.mode}) in a grayscale pool (1 channel, decided by the "
-            "first images or --channels 1); pass --channels 3 to keep colour"
+            "first images); pass --channels 3 to keep colour or --channels 1 to convert it"
         )
     return rgb[:, :, :1].copy()
 
@@ -218,6 +224,7 @@ class Probe:
     size: tuple[int, int]  # (width, height) as PIL reports it
     channels: int
     first: FilePath
+    forced: bool = False  # --channels set it: convert every image to it
 
 
 def _open(path: FilePath) -> Image.Image:
@@ -258,7 +265,7 @@ def probe(paths: Sequence[FilePath], channels: int | None = None) -> Probe:
             raise size_error(paths[i], size, ref)
         gray &= mode in GRAY_MODES
     assert ref is not None, "probe needs at least one file"
-    return Probe(ref.size, channels or (1 if gray else 3), ref.first)
+    return Probe(ref.size, channels or (1 if gray else 3), ref.first, forced=channels is not None)
 
 
 def load_image(path: FilePath, ref: Probe) -> np.ndarray:
@@ -271,7 +278,7 @@ def load_image(path: FilePath, ref: Probe) -> np.ndarray:
             im.load()
         except (OSError, ValueError, SyntaxError) as e:
             raise IngestError(f"{path}: not a readable image ({e})") from None
-        return to_array(im, ref.channels, path)
+        return to_array(im, ref.channels, path, convert=ref.forced)
 
 
 def decode_batches(

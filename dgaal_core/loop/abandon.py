@@ -62,9 +62,12 @@ class Abandoned:
     folder: Path | None = None  # where the round's folder was put aside
 
 
-def abandon_round(pool_path: Path, workdir: Path | None = None) -> Abandoned:
+def abandon_round(
+    pool_path: Path, workdir: Path | None = None, *, discard_answers: bool = False
+) -> Abandoned:
     """Roll back the pool's unfinished round (see the module docstring). Raises
-    :class:`AbandonError` when there is nothing to abandon or the labels are committed."""
+    :class:`AbandonError` when there is nothing to abandon, the labels are committed, or
+    answers a person gave would be discarded without ``discard_answers`` (``--yes``)."""
     pool_path = Path(pool_path)
     workdir = Path(workdir) if workdir is not None else work_dir(pool_path)
     if workdir.exists() and not workdir.is_dir():
@@ -88,6 +91,11 @@ def abandon_round(pool_path: Path, workdir: Path | None = None) -> Abandoned:
             asked = pending.asked(origin)  # generated picks were free
             free = np.setdiff1d(selected, asked)
             discarded = int(np.sum(state[asked] == State.LABELLED))
+            if discarded and not discard_answers:
+                raise AbandonError(
+                    f"round {n} of {pool_path} holds {discarded} answers imported with "
+                    "`dgaal label`; abandoning it discards them: add --yes to abandon it anyway"
+                )
             w.set_state(selected, State.UNLABELLED, round_no=-1)
             w.forget_labels(asked)  # a free pick keeps its inherited label, as a candidate
             set_pending(w, None)

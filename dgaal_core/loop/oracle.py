@@ -58,7 +58,8 @@ def write_query_package(
 
     - ``queries.csv``: ``id,suggested_label,label`` (fill in ``label``: a class name or index);
     - ``images/<id>.png``: each image, lossless;
-    - ``contact_sheet.png``: all of them in a grid, captioned with their ids;
+    - ``contact_sheet.png``: all of them in a grid, captioned with their ids and T's suggestion
+      (with its probability) when there is one;
     - ``label_config.xml``: a Label Studio image-classification config with the pool's classes;
     - ``label_studio_tasks.json``: one task per image, the image inline as a PNG data URI, T's
       class (``suggested``, with ``confidence``) as a prediction, D1's score in the data;
@@ -101,7 +102,13 @@ def write_query_package(
     paths["label_config"].write_text(label_config(class_names))
     paths["label_studio"].write_text(json.dumps(inline, indent=1))
     paths["label_studio_local_files"].write_text(json.dumps(local, indent=1))
-    contact_sheet(images, captions=[str(i) for i in ids.tolist()]).save(paths["contact_sheet"])
+    captions = [str(i) for i in ids.tolist()]
+    if suggested is not None:  # T's class (and probability) under each id, as the tasks carry
+        for k, lab in enumerate(suggested.tolist()):
+            p = "" if confidence is None else f" {100 * float(confidence[k]):.0f}%"
+            captions[k] += f"\n{class_names[int(lab)]}{p}"
+    sheet = contact_sheet(images, captions=captions, cell=max(64, min(int(images.shape[1]), 128)))
+    sheet.save(paths["contact_sheet"])
     return {k: str(v) for k, v in paths.items()}
 
 
