@@ -74,6 +74,7 @@ EXTRA_OF = {
     "matplotlib": ("matplotlib", "report"),
     "starlette": ("starlette", "serve"),
     "uvicorn": ("uvicorn", "serve"),
+    "label_studio_sdk": ("label-studio-sdk", "labelstudio"),
 }
 
 

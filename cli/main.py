@@ -19,6 +19,7 @@ from . import (
     report_cmd,
     round_cmd,
     score_cmd,
+    serve_cmd,
 )
 
 app = typer.Typer(
@@ -64,6 +65,7 @@ demo_cmd.register(app)
 export_cmd.register(app)
 score_cmd.register(app)
 generate_cmd.register(app)
+serve_cmd.register(app)
 
 
 if __name__ == "__main__":  # python -m cli.main

@@ -165,12 +165,12 @@ def info(pool: PoolArg, as_json: JsonOpt = False) -> None:
         r.check_shards()  # a missing or short shard: the pool is damaged, say so
         summary = r.summary()
         pending = pending_round(r)
-        summary["pending_round"] = (
+        summary["unfinished"] = (  # the pending round, read through its typed record
             None
             if pending is None
             else {
                 "round": pending.round,
-                "phase": pending.phase.value,
+                "after": pending.phase.value,
                 "waiting": [int(i) for i in np.flatnonzero(r.states == State.QUERIED)],
             }
         )
@@ -294,7 +294,7 @@ def _pending_line(p: dict[str, Any], path: str) -> str:
             f"{ids}): `dgaal label --pool {path} ANSWERS`"
         )
     return (
-        f"round {p['round']} is unfinished (after phase '{p['phase']}'): the next "
+        f"round {p['round']} is unfinished (after phase '{p['after']}'): the next "
         "`dgaal round` finishes it"
     )
 
@@ -342,7 +342,7 @@ def _print_info(s: dict[str, Any], records: list[Any]) -> None:
         con.print(per)
     else:
         con.print(f"({s['num_classes']} classes: see --json for per-class counts)")
-    if (p := s.get("pending_round")) is not None:
+    if (p := s.get("unfinished")) is not None:
         con.print(_pending_line(p, s["path"]), markup=False, highlight=False)
     if not records:
         con.print("rounds: none yet")

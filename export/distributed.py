@@ -113,6 +113,7 @@ def embed_rows_ray(
     options = options or RayOptions()
     options.check()
     ids = np.asarray(ids, dtype=np.int64)
+    connect(options)  # before Ray Data would start a default Ray on its own
     ds = pool_dataset(str(Path(pool).resolve()), ids, options.rows_per_task)
     constructor = {"model": str(Path(model).resolve()), "spec": spec}
     got_ids, parts = [], []
@@ -195,6 +196,7 @@ def _gather_scores(
     """Scores of ascending ``chosen`` through Ray, in that order (each id exactly once)."""
     if chosen.size == 0:
         return np.zeros(0, np.float32)
+    connect(options)  # before Ray Data would start a default Ray on its own
     ds = pool_dataset(pool, chosen, options.rows_per_task)
     parts = list(_run(ds, _ScoreActor, {"model": model}, options, ("id", "score"), progress,
                       int(chosen.size)))  # fmt: skip
@@ -265,6 +267,7 @@ def generate_pool_ray(
     unique = np.unique(ids)
     out = np.empty((unique.size, *gen.info.image_shape), np.uint8)
     if unique.size:
+        connect(options)  # before Ray Data would start a default Ray on its own
         ds = pool_dataset(str(Path(pool).resolve()), unique, options.rows_per_task)
         constructor = {"model": str(gen.path.resolve()), "noise": noise}
         got = 0

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+import os
+from dataclasses import dataclass, field
 from typing import Any
 
 from dgaal_core.errors import DgaalError
@@ -47,6 +49,9 @@ class RayOptions:
     rows_per_task: int = 4096
     num_cpus: int | None = None  # only for a local Ray started here (None: all cores)
     stall_timeout_s: float = 600.0  # fail, not hang, when the pipeline stops moving
+    # Ray's own Python log lines (its token-authentication warning, "Started a local Ray
+    # instance"): hidden unless asked for, as DGAAL_RAY_LOGS=1 in the environment does
+    ray_logs: bool = field(default_factory=lambda: os.environ.get("DGAAL_RAY_LOGS", "") == "1")
 
     def check(self) -> None:
         """One line per bad setting."""
@@ -69,6 +74,8 @@ def connect(options: RayOptions) -> Any:
         quiet()
         return ray
     kwargs: dict[str, Any] = {"log_to_driver": False, "configure_logging": False}
+    if not options.ray_logs:  # dgaal says what it does; a healthy run shows no Ray warnings
+        kwargs |= {"configure_logging": True, "logging_level": logging.ERROR}
     if options.address is None:  # "local": a new Ray here, never a cluster found by chance
         kwargs |= {"address": "local", "num_cpus": options.num_cpus, "include_dashboard": False}
     else:
@@ -91,7 +98,7 @@ def quiet() -> None:
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
     ctx.enable_auto_log_stats = False
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    logging.getLogger("ray.data").setLevel(logging.ERROR)  # e.g. "Progress bars disabled"
 
 
 def actor_sizing(ray: Any, options: RayOptions) -> tuple[int, int, str]:

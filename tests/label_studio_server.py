@@ -48,6 +48,10 @@ class Server:
             "LABEL_STUDIO_COLLECT_ANALYTICS": "false",
             "LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED": "true",
             "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(self.root),
+            # the ML backend and its webhook run on this machine (127.0.0.1), which Label
+            # Studio refuses to call unless told (as the README says for a local setup)
+            "SSRF_PROTECTION_ENABLED": "false",
+            "ML_BLOCK_LOCAL_IP": "false",
         }
         self.proc = subprocess.Popen(
             [str(BIN / "label-studio"), "start", "--no-browser", "--internal-host", "127.0.0.1",

@@ -1,6 +1,7 @@
 """End to end with a real Label Studio: a human-oracle round's tasks go into a project made with
 dgaal's config, annotations come back through Label Studio's API, its exports go through
-``dgaal label``, and the pool holds exactly those answers.
+``dgaal label``, and the pool holds exactly those answers; then ``dgaal serve label-studio``
+runs rounds as annotations arrive, with no file moved by hand.
 
 Starts ``label-studio`` (the ``labelstudio`` extra) on 127.0.0.1 with a temporary data folder
 while the round trains (its first start migrates a fresh database: a minute or two), and stops it
@@ -40,9 +41,10 @@ from label_studio_server import PASSWORD, USER, Server, start  # noqa: E402
 from pools import script  # noqa: E402
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def server() -> Iterator[Server]:
-    """The server conftest started after collection (or one started now), stopped after use."""
+    """The server conftest started after collection (or one started now), shared by this
+    file's tests (one migration of its database), stopped after them."""
     s = start()
     try:
         yield s
@@ -54,9 +56,18 @@ def dgaal(*args: str) -> str:
     return script(*args, check=True).stdout
 
 
+_LOGINS: dict[str, tuple] = {}  # a user has one personal access token: made once per server
+
+
 def _login(url: str):
     """A browser-like session (it can open local files) and a personal access token for the
     SDK: what a person gets from the UI's login and Account & Settings page."""
+    if url not in _LOGINS:
+        _LOGINS[url] = _new_login(url)
+    return _LOGINS[url]
+
+
+def _new_login(url: str):
     import requests
 
     s = requests.Session()
@@ -157,3 +168,91 @@ def test_label_studio_round_trip(server):
     with PoolReader(pool) as r:
         assert r.states[skipped] == State.LABELLED and np.sum(r.states == State.QUERIED) == 0
         assert r.meta["pending_round"]["phase"] == "selected"
+
+
+def _tasks_of(ls, project: int, round_no: int) -> list:
+    return [t for t in ls.tasks.list(project=project) if t.data.get("dgaal_round") == round_no]
+
+
+def _wait(what: str, ok, proc, log: Path, timeout: float = 240.0):
+    """Poll ``ok()`` until it is truthy; fail with the backend's log when it is not in time."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"dgaal serve exited ({proc.returncode}) waiting for {what}:\n"
+                        f"{log.read_text()}")  # fmt: skip
+        if got := ok():
+            return got
+        time.sleep(0.5)
+    pytest.fail(f"no {what} after {timeout} s:\n{log.read_text()}")
+
+
+def test_serve_label_studio_runs_rounds_as_annotations_arrive(server, tmp_path):
+    import signal
+    import socket
+    import subprocess
+
+    import requests
+    from label_studio_sdk import LabelStudio
+    from pools import DGAAL, ENV
+
+    from dgaal_core.pool.check import check_pool
+
+    pool = tmp_path / "pools.h5"
+    dgaal("pool", "create", str(pool), "--from", "digits", "--initial", "0.1", "--seed", "5")
+    with PoolReader(pool) as r:
+        classes, truth = r.class_names, r.read_truth(np.arange(r.num_rows))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server.wait()
+    _, token = _login(server.url)
+    log = tmp_path / "serve.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [DGAAL, "serve", "label-studio", "--pool", str(pool), "--url", server.url,
+             "--port", str(port), "--budget", "6", "--gan-steps", "4", "--task-epochs", "1",
+             "--task-min-steps", "0", "--coevolve-steps", "2"],
+            stdout=out, stderr=subprocess.STDOUT, env={**ENV, "LABEL_STUDIO_API_KEY": token},
+        )  # fmt: skip
+    try:
+        ls = LabelStudio(base_url=server.url, api_key=token)
+
+        def ours() -> list:
+            return [p for p in ls.projects.list() if p.title == "dgaal: pools.h5"]
+
+        project = _wait("project", ours, proc, log)[0].id
+        assert [m.url for m in ls.ml.list(project=project)] == [f"http://127.0.0.1:{port}"]
+        base = f"http://127.0.0.1:{port}"
+        assert requests.get(f"{base}/health", timeout=10).json()["status"] == "UP"
+        for round_no in (1, 2):
+            tasks = _wait(f"round {round_no}'s tasks",
+                          lambda n=round_no: _tasks_of(ls, project, n), proc, log)  # fmt: skip
+            assert all(t.total_predictions == 1 for t in tasks)  # T's class pre-selected
+            asked = {t.data["dgaal_id"] for t in tasks}
+            with PoolReader(pool) as r:
+                assert set(r.ids(State.QUERIED).tolist()) == asked
+            got = requests.post(f"{base}/predict", json={"tasks": [{"data": tasks[0].data}]},
+                                timeout=30).json()["results"][0]  # fmt: skip
+            assert got["result"][0]["value"]["choices"] == [tasks[0].data["suggested"]]
+            for t in tasks:  # a person answers them in Label Studio, one by one
+                ls.annotations.create(id=t.id, result=_choice(classes[truth[t.data["dgaal_id"]]]))
+
+            def finished(n: int = round_no) -> bool:
+                with PoolReader(pool) as r:
+                    return len(r.rounds()) >= n
+
+            _wait(f"round {round_no} finished", finished, proc, log)
+            with PoolReader(pool) as r:
+                assert all(r.labels[i] == truth[i] for i in asked)
+        _wait("round 3's tasks", lambda: _tasks_of(ls, project, 3), proc, log)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=120)
+    said = log.read_text()
+    assert code == 130 and said.strip().splitlines()[-1].startswith("error: interrupted by"), said
+    assert "Traceback" not in said
+    assert "round 1: 6 tasks imported" in said and "round 2 finished" in said
+    assert all(f.status == "ok" for f in check_pool(pool))

@@ -129,3 +129,12 @@ def test_progress_bars_keep_the_stage_name_whole_at_80_columns(monkeypatch) -> N
     assert lines[0].startswith("Algorithm 1 ") and "500/2000" in lines[0]
     assert lines[1].startswith("T to select with ") and "5/20" in lines[1]
     assert all(len(x) <= 80 for x in lines)
+
+
+def test_version_and_plain_help() -> None:
+    ran = cli("--version")
+    assert ran.code == 0 and ran.stdout.startswith("dgaal ")
+    helped = cli("round", "--help").stdout
+    assert "<bool>" not in helped and "--take-all " in helped
+    assert "pip install 'dgaal[ray]'" in " ".join(helped.split())  # no markup ate "[ray]"
+    assert all(len(x) <= 100 for x in helped.splitlines())
