@@ -256,6 +256,9 @@ def test_round_engine_ray_end_to_end_equals_the_local_round(tmp_path):
                 [dgaal, *args], capture_output=True, text=True, env=env, timeout=300
             )
             assert res.returncode == 0, f"{args}\n{res.stdout}\n{res.stderr}"
+            # a healthy run shows dgaal's lines, not Ray's own warnings and INFO lines
+            assert "Token authentication" not in res.stderr, res.stderr
+            assert "Started a local Ray instance" not in res.stderr, res.stderr
         pools.append(pool)
     with PoolReader(pools[0]) as a, PoolReader(pools[1]) as b:
         assert a.num_rows == b.num_rows > 1438  # x_g were appended

@@ -103,6 +103,7 @@ def test_a_rerun_after_an_interruption_finishes_it_then_runs_the_round_asked_for
         (2, "random", 30),
     ]
     assert "round 1 (dgaal)" in ran.stdout and "round 2 (random)" in ran.stdout
+    assert rounds[0]["timings"]["task to select"] > 0  # round 1's T for selection, named
 
 
 def test_pool_info_shows_accuracy_as_the_round_does(tmp_path: Path) -> None:

@@ -104,3 +104,12 @@ def test_the_make_targets_the_readme_names_exist() -> None:
     targets = set(re.findall(r"^([a-z]+):", (ROOT / "Makefile").read_text(), re.M))
     named = {w for _, body, _ in blocks("bash") for w in re.findall(r"^make (\w+)", body, re.M)}
     assert named and named <= targets, named - targets
+
+
+def test_make_demo_installs_what_the_demo_needs_only() -> None:
+    """The demo trains and plots: not Label Studio or Ray (a 2.9 GB environment)."""
+    make = (ROOT / "Makefile").read_text()
+    demo = re.search(r"^demo: (\S+)", make, re.M)
+    assert demo is not None
+    recipe = re.search(rf"^{re.escape(demo[1])}:.*?\n((?:\t.*\n)+)", make, re.M)
+    assert recipe is not None and "'.[train,report]'" in recipe[1], recipe
