@@ -234,8 +234,9 @@ TaskModelOpt = Annotated[
     str,
     typer.Option(
         help="T: cnn (end to end on the pixels) | linear (a head on the pool's embeddings: run "
-        "`dgaal pool embed` first).",
-        callback=_one_of("--task-model", ("cnn", "linear")),
+        "`dgaal pool embed` first) | linear-ssl (that head, also fitted on the candidates with "
+        "pseudo-labels propagated on the embeddings' kNN graph).",
+        callback=_one_of("--task-model", ("cnn", "linear", "linear-ssl")),
     ),
 ]
 PmseWeightOpt = Annotated[float | None, typer.Option(help="lambda of Eq. 8 (preset: 0.1).")]

@@ -266,3 +266,57 @@ def test_the_l2_choice_sees_a_stratified_subset_of_a_large_labelled_set(monkeypa
     first = head.choose_l2(x, y, 3)
     assert max(seen) <= 21 and first in head.L2_GRID  # 2 of 3 folds of the 30 rows kept
     assert head.choose_l2(x, y, 3) == first  # the subset is deterministic
+
+
+def test_propagated_pseudo_labels_follow_the_clusters_and_doubt_the_gap() -> None:
+    from dgaal_core.model.propagation import pseudo_labels
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(0, 6, (4, 32))
+    y_all = np.repeat(np.arange(4), 60)
+    x_all = centres[y_all] + rng.normal(0, 1, (240, 32))
+    labelled = np.arange(0, 240, 60)  # one label per class
+    cand = np.setdiff1d(np.arange(240), labelled)
+    t = np.linspace(0, 1, 9)[1:-1, None]  # a bridge of 7 points from cluster 0 to cluster 1
+    bridge = centres[0] * (1 - t) + centres[1] * t + rng.normal(0, 0.3, (7, 32))
+    x_u = np.concatenate([x_all[cand], bridge])
+    got, weight = pseudo_labels(x_all[labelled], y_all[labelled], x_u, 4)
+    assert (got[:-7] == y_all[cand]).all() and weight[:-7].mean() > 0.8
+    assert got[-7] == 0 and got[-1] == 1  # each end of the bridge goes with its cluster
+    assert weight[-4] < weight[:-7].min()  # and its middle counts less than any member
+    again = pseudo_labels(x_all[labelled], y_all[labelled], x_u, 4)
+    np.testing.assert_array_equal(again[1], weight)  # deterministic
+
+
+def test_the_semi_supervised_head_beats_the_plain_one_with_few_labels() -> None:
+    """The digits' raw pixels, 5% labelled: the candidates' propagated pseudo-labels lift the
+    head on the test split (measured: +2 to +12 points over three draws of the labels)."""
+    from sklearn.datasets import load_digits
+
+    from dgaal_core.model.head import fit_linear_head
+
+    x, y = load_digits(return_X_y=True)
+    order = np.random.default_rng(0).permutation(y.size)
+    test, pool = order[:359], order[359:]
+    gains = []
+    for seed in range(3):
+        lab = np.random.default_rng(seed).choice(pool, int(0.05 * pool.size), replace=False)
+        plain = fit_linear_head(x[lab], y[lab], 10)
+        ssl = fit_linear_head(x[lab], y[lab], 10, candidates=x[np.setdiff1d(pool, lab)])
+        assert ssl.l2 == plain.l2  # chosen on the labelled rows alone, as before
+        acc = [np.mean(h.probs(x[test]).argmax(1) == y[test]) for h in (plain, ssl)]
+        gains.append(acc[1] - acc[0])
+    assert min(gains) > 0 and np.mean(gains) > 0.04, gains
+
+
+def test_a_round_with_the_semi_supervised_head(digits: Path, tmp_path: Path) -> None:
+    from dgaal_core.loop.state import round_records
+
+    assert cli("pool", "embed", digits, "--model", flat_encoder(tmp_path / "f.onnx")).code == 0
+    ran = cli("round", "--pool", digits, "--strategy", "margin", "--budget", "40",
+              "--task-model", "linear-ssl", *TINY)  # fmt: skip
+    assert ran.code == 0, ran
+    with PoolReader(digits) as r:
+        (rec,) = round_records(r)
+    assert rec.config is not None and rec.config.task_model == "linear-ssl"
+    assert rec.accuracy is not None and rec.accuracy > 0.9

@@ -23,7 +23,7 @@ from dgaal_core.values import check_seed, check_size, size_of
 if TYPE_CHECKING:
     from dgaal_core.pool.reader import PoolReader
 
-TASK_MODELS = ("cnn", "linear")  # dgaal_core.loop.task_models (torch-free here)
+TASK_MODELS = ("cnn", "linear", "linear-ssl")  # dgaal_core.loop.task_models (torch-free here)
 
 # Fields of earlier versions that did nothing (scoring batches come from the provider):
 # accepted in stored records, and dropped.
@@ -57,7 +57,7 @@ class RoundConfig:
     noise_spread: float = 0.05  # x_g's noise-head scales are drawn in [1 - s, 1 + s]
     noise_skips: bool = False  # the noise head also scales the U-Net's skips (ModelConfig)
     take_all: bool = False  # a budget above the candidates left takes them all (else refused)
-    task_model: str = "cnn"  # T: "cnn" end to end on the pixels, "linear" on the embeddings
+    task_model: str = "cnn"  # T: "cnn" on the pixels; "linear" / "linear-ssl" on the embeddings
 
     def __post_init__(self) -> None:
         strategy(self.strategy)  # ConfigError (a ValueError) on an unknown name

@@ -2,7 +2,9 @@
 
 - ``cnn``: today's end-to-end T (the preset's CNN, or the paper preset's VGG16) on the pixels;
 - ``linear``: a linear head on the pool's frozen embeddings (:mod:`dgaal_core.model.head`),
-  which needs ``dgaal pool embed`` first.
+  which needs ``dgaal pool embed`` first;
+- ``linear-ssl``: the same head, semi-supervised: the candidates join its fit with pseudo-labels
+  propagated on a kNN graph of the embeddings (:mod:`dgaal_core.model.propagation`).
 
 Both answer the same three questions: class probabilities and features of pool rows (for the
 strategies and the human oracle's suggestions), and accuracy on the test split. Every strategy
@@ -159,9 +161,13 @@ def fit_task(
 
     labelled = reader.ids(State.LABELLED)
     embeddings = require_embeddings(reader, task_model)
-    if task_model == "linear" and embeddings is not None:
+    if task_model in ("linear", "linear-ssl") and embeddings is not None:
         x, y = embeddings.pool(labelled), reader.labels[labelled]
-        return HeadTask(fit_linear_head(x, y, reader.num_classes), embeddings)
+        extra = (
+            embeddings.pool(reader.ids(State.UNLABELLED)) if task_model == "linear-ssl" else None
+        )
+        head = fit_linear_head(x, y, reader.num_classes, candidates=extra)
+        return HeadTask(head, embeddings)
     task = build_task_model(run.model, derive_seed(run.train.seed, "task", n, *keys))
     rng = np.random.default_rng(derive_seed(seed, "task", n, *keys))
     source = PoolSource(reader, labelled, reader.labels[labelled])

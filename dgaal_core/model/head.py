@@ -1,5 +1,6 @@
 """T as a linear head on frozen embeddings: multinomial logistic regression (``--task-model
-linear``).
+linear``; ``linear-ssl`` adds the candidates with propagated pseudo-labels,
+:mod:`dgaal_core.model.propagation`).
 
 Seconds per round where the end-to-end T takes minutes, and on a good encoder's features far
 more accurate with few labels (a frozen ImageNet MobileNetV2 with a linear head: about 70% on
@@ -63,10 +64,15 @@ Start = tuple[np.ndarray, np.ndarray] | None
 
 
 def _fit(
-    z: np.ndarray, y: np.ndarray, k: int, l2: float, start: Start = None
+    z: np.ndarray,
+    y: np.ndarray,
+    k: int,
+    l2: float,
+    start: Start = None,
+    weights: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Weights [D, K] and bias [K] minimising mean cross-entropy + l2 / 2 * ||W||^2, from
-    ``start`` (zeros when None).
+    """Weights [D, K] and bias [K] minimising the (``weights``-weighted) mean cross-entropy +
+    l2 / 2 * ||W||^2, from ``start`` (zeros when None).
 
     The loss and its gradient in numpy (two matrix products per evaluation) under scipy's
     L-BFGS-B: several times faster than autograd for a problem this skinny (D x 10)."""
@@ -76,6 +82,12 @@ def _fit(
     n, d = z.shape
     onehot = np.zeros((n, k), np.float32)
     onehot[np.arange(n), y] = 1.0
+    # per-sample weights summing to 1 (the plain mean when none are given)
+    share = (
+        np.full((n, 1), 1.0 / n, np.float32)
+        if weights is None
+        else (np.asarray(weights, np.float32) / float(np.sum(weights)))[:, None]
+    )
 
     def loss(theta: np.ndarray) -> tuple[float, np.ndarray]:
         w = theta[: d * k].reshape(d, k).astype(np.float32)
@@ -83,8 +95,8 @@ def _fit(
         logits -= logits.max(axis=1, keepdims=True)
         e = np.exp(logits)
         total = e.sum(axis=1, keepdims=True)
-        value = float(np.mean(np.log(total[:, 0]) - logits[onehot > 0]))
-        g = (e / total - onehot) / n  # d loss / d logits
+        value = float(np.sum(share[:, 0] * (np.log(total[:, 0]) - logits[onehot > 0])))
+        g = (e / total - onehot) * share  # d loss / d logits
         grad_w = z.T @ g + l2 * w
         out = np.concatenate([grad_w.ravel(), g.sum(axis=0)]).astype(np.float64)
         return value + 0.5 * l2 * float(np.sum(w * w)), out
@@ -141,10 +153,19 @@ def choose_l2(z: np.ndarray, y: np.ndarray, k: int, folds: int = FOLDS) -> float
 
 
 def fit_linear_head(
-    x: np.ndarray, y: np.ndarray, num_classes: int, *, l2: float | None = None
+    x: np.ndarray,
+    y: np.ndarray,
+    num_classes: int,
+    *,
+    l2: float | None = None,
+    candidates: np.ndarray | None = None,
 ) -> LinearHead:
     """A :class:`LinearHead` on embeddings ``x`` [N, D] with labels ``y`` in ``0..K-1``;
-    ``l2`` None chooses it by cross-validation (:func:`choose_l2`)."""
+    ``l2`` None chooses it by cross-validation (:func:`choose_l2`, labelled rows only).
+
+    With ``candidates`` (their embeddings [M, D]) the head is semi-supervised: they join the fit
+    with the pseudo-labels and weights of :func:`dgaal_core.model.propagation.pseudo_labels`
+    (a labelled row weighs 1, a candidate its confidence)."""
     x, y = np.asarray(x, np.float32), np.asarray(y, np.int64)
     if y.size < 2:
         raise EmptyPoolError(f"the linear head needs at least 2 labelled images, got {y.size}")
@@ -153,5 +174,15 @@ def fit_linear_head(
     scale = np.where(scale > 1e-6, scale, 1.0).astype(np.float32)  # constant features stay 0
     z = (x - mean) / scale
     chosen = choose_l2(z, y, num_classes) if l2 is None else float(l2)
-    w, b = _fit(z, y, num_classes, chosen)
+    if candidates is None or len(candidates) == 0:
+        w, b = _fit(z, y, num_classes, chosen)
+    else:
+        from dgaal_core.model.propagation import pseudo_labels
+
+        x_u = np.asarray(candidates, np.float32)
+        y_u, w_u = pseudo_labels(x, y, x_u, num_classes)
+        w, b = _fit(
+            np.concatenate([z, (x_u - mean) / scale]), np.concatenate([y, y_u]), num_classes,
+            chosen, weights=np.concatenate([np.ones(y.size, np.float32), w_u]),
+        )  # fmt: skip
     return LinearHead(mean.astype(np.float32), scale, w, b, chosen)
