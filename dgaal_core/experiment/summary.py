@@ -43,6 +43,7 @@ def _settings_lines(results: Results) -> list[str]:
         f"(labelled counts {list(results.targets)}); seeds "
         f"{', '.join(map(str, cfg['seeds']))}; preset `{r['preset']}`"
         + (f" ({steps})" if steps else "")
+        + (f"; T `{r['task_model']}`" if r.get("task_model") not in (None, "cnn") else "")
         + ".",
     ]
 
@@ -109,8 +110,11 @@ def _tidy_tables(lines: list[str]) -> list[str]:
         keep = [c for c in range(len(header)) if any(r[c].strip() != EMPTY for r in body)]
         keep = keep or list(range(len(header)))
         for row in (header, rule, *body):
+            if row is rule:
+                out.append("|" + "---|" * len(keep))
+                continue
             cells = [row[c].strip() for c in keep]
-            if row is not header and row is not rule:
+            if row is not header:
                 any_na |= any(x.startswith(EMPTY) for x in cells)
                 cells = ["n/a" + x[1:] if x.startswith(EMPTY) else x for x in cells]
             out.append("| " + " | ".join(cells) + " |")
@@ -198,7 +202,7 @@ def _reach_section(agg: dict[str, list[Point]], baseline: str = "random") -> lis
         "",
         f"## Oracle queries to reach {baseline}'s final accuracy ({pct(goal)}%)",
         "",
-        "On the mean curves, linear between rounds; – where a strategy never gets there.",
+        "On the mean curves, linear between rounds; n/a where a strategy never gets there.",
         "",
         f"| strategy | queries | share of {baseline}'s {last.queries:.0f} |",
         "|---|---|---|",
@@ -273,7 +277,7 @@ def _equal_queries_section(agg: dict[str, list[Point]]) -> list[str]:
         "",
         "## Test accuracy (%) at equal oracle queries",
         "",
-        f"Mean accuracy interpolated at {ref}'s cumulative query counts (– where a strategy's "
+        f"Mean accuracy interpolated at {ref}'s cumulative query counts (n/a where a strategy's "
         "curve does not reach that count).",
         "",
         "| strategy | " + " | ".join(f"{q:.0f} q" for q in levels) + " |",
