@@ -95,7 +95,8 @@ class SelectionContext(Protocol):
         ...
 
     def latents(self, ids: np.ndarray) -> np.ndarray:
-        """The sampler's latent z of the candidates ``ids`` (ascending), [len(ids), z_dim]."""
+        """The features the candidates ``ids`` (ascending) are spread over, [len(ids), F]: the
+        pool's embeddings when it has them, else the sampler's latent z."""
         ...
 
     def task_probs(self) -> np.ndarray:
