@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from dgaal_core.errors import DgaalError
 from dgaal_core.loop.config import RoundConfig
 from dgaal_core.loop.label_studio import ID_FIELD, label_config, read_votes
@@ -38,6 +40,7 @@ from dgaal_core.loop.serving import Exporter
 from dgaal_core.loop.state import Phase, pending_round
 from dgaal_core.loop.workdir import QUERIES_DIR, round_dir, work_dir
 from dgaal_core.pool.reader import PoolReader
+from dgaal_core.pool.schema import State
 from dgaal_core.values import plural
 
 TASKS_FILE = "label_studio_tasks.json"
@@ -85,13 +88,16 @@ class LiveLoop:
         self.project = 0
         self.rounds = 0  # rounds finished, for the model version Label Studio is told
         self._packages: dict[int, dict[int, dict[str, Any]]] = {}  # round -> id -> task
+        self._said_changed: set[tuple[int, str]] = set()  # changed answers already reported
+        self.failure: BaseException | None = None  # what ended the worker, if not a stop
+        self.pool_id = ""
 
     # ---- Label Studio: the project, the backend and the webhook --------------------------------
     def connect(self) -> int:
         """The project (found or created), with this backend and its webhook registered."""
         with PoolReader(self.s.pool) as r:
-            classes, self.rounds = r.class_names, len(r.rounds())
-        title = f"dgaal: {self.s.pool.name}"
+            classes, self.rounds, self.pool_id = r.class_names, len(r.rounds()), r.pool_id or ""
+        title = project_title(self.s.pool, self.pool_id)
         try:
             if self.s.project is None:
                 found = [p for p in self.ls.projects.list() if p.title == title]
@@ -121,6 +127,11 @@ class LiveLoop:
 
     def _import(self, n: int, queries: Path) -> None:
         """The tasks of round ``n`` that the project does not hold yet."""
+        if not (queries / TASKS_FILE).is_file():
+            raise DgaalError(
+                f"round {n}'s tasks are not in {queries}: give --workdir where the round ran"
+            )
+        self._packages.pop(n, None)  # its suggestions are read afresh for /predict
         tasks = json.loads((queries / TASKS_FILE).read_text())
         have = {
             (t.data.get("dgaal_pool"), t.data.get("dgaal_round"), t.data.get(ID_FIELD))
@@ -141,9 +152,10 @@ class LiveLoop:
         """Bring the pool and the project up to date (see the module docstring)."""
         with PoolReader(self.s.pool) as r:
             pending, n = pending_round(r), len(r.rounds()) + 1
+            asked = set() if pending is None else set(pending.asked(r.fields["origin"]).tolist())
         if pending is not None and pending.phase is Phase.AWAITING_LABELS:
             self._import(n, round_dir(self.workdir, n) / QUERIES_DIR)
-            if not self._pull_answers(n):
+            if not self._pull_answers(n, asked):
                 return
         outcome = self._round()  # finishes the answered round, or starts the next one
         if not isinstance(outcome, AwaitingLabels):
@@ -168,19 +180,44 @@ class LiveLoop:
         )  # fmt: skip
         return job.run()
 
-    def _pull_answers(self, n: int) -> bool:
-        """Import the project's answers for round ``n``; whether it has all it asked for."""
+    def _pull_answers(self, n: int, asked: set[int]) -> bool:
+        """Import the project's answers for round ``n``'s queried rows; whether it has all it
+        asked for. Tasks dgaal did not write, of another pool or of another run of round ``n``
+        (one abandoned) are left alone; an answer changed after its import is said once and
+        the imported one stands (answers are final), so it never blocks the others."""
         blob = b"".join(
             self.ls.projects.exports.download_sync(
                 self.project, export_type="JSON", download_all_tasks=True
             )
         )
+        tasks = [
+            t for t in json.loads(blob or b"[]")
+            if isinstance(t, dict) and isinstance(t.get("data"), dict)
+            and t["data"].get("dgaal_round") == n and t["data"].get(ID_FIELD) in asked
+            and t["data"].get("dgaal_pool") in (None, self.pool_id)
+        ]  # fmt: skip
         with tempfile.TemporaryDirectory(prefix="dgaal-ls-") as tmp:
             export = Path(tmp) / f"project-{self.project}.json"
-            export.write_bytes(blob)
-            answered = [v for v in read_votes(export) if v.round_no == n and v.label is not None]
-            if not answered:
-                return False
+            export.write_text(json.dumps(tasks))
+            with PoolReader(self.s.pool) as r:
+                states, labels, names = r.states, r.labels, r.class_names
+            waiting = []
+            for v in read_votes(export) if tasks else []:
+                if v.label is None:
+                    continue
+                if states[v.row] == State.QUERIED:
+                    waiting.append(v.row)
+                elif names[labels[v.row]] != v.label and (v.row, v.label) not in self._said_changed:
+                    self._said_changed.add((v.row, v.label))
+                    self.say(
+                        f"round {n}: id {v.row} was imported as {names[labels[v.row]]!r}; Label "
+                        f"Studio now says {v.label!r}: the imported answer stands (answers are "
+                        "final)"
+                    )
+            if not waiting:
+                return not np.any(states[list(asked)] == State.QUERIED) if asked else False
+            keep = [t for t in tasks if t["data"][ID_FIELD] in set(waiting)]
+            export.write_text(json.dumps(keep))
             out = apply_answers(self.s.pool, export)
         if out.answered:
             left = f"; {out.still_queried} still waiting" if out.still_queried else ""
@@ -188,7 +225,9 @@ class LiveLoop:
         return out.still_queried == 0
 
     def work(self) -> None:
-        """The worker thread: a pass at start, after each webhook, and every POLL_S."""
+        """The worker thread: a pass at start, after each webhook, and every POLL_S. A fault of
+        Label Studio (down, refusing) or of the answers is said and retried; anything else is a
+        failure that ends the command (``failure``, raised by the main thread)."""
         while not self.stop.is_set():
             try:
                 self.step()
@@ -196,7 +235,10 @@ class LiveLoop:
                 return
             except DgaalError as e:  # bad answers, a lock held by `dgaal label`: say, then wait
                 self.say(f"error: {e}")
-            except Exception as e:  # Label Studio down or refusing: the next pass tries again
+            except Exception as e:
+                if not _from_label_studio(e):
+                    self.failure = e
+                    return
                 self.say(f"error: Label Studio at {self.s.label_studio}: {_said(e)}")
             try:
                 self.wake.get(timeout=POLL_S)
@@ -236,6 +278,19 @@ class LiveLoop:
         return self._packages[n].get(pid)
 
 
+def _from_label_studio(e: BaseException) -> bool:
+    """Whether ``e`` is the SDK's or the HTTP client's (Label Studio down or refusing)."""
+    from label_studio_sdk.core.api_error import ApiError
+
+    try:
+        import httpx
+
+        network: tuple[type[BaseException], ...] = (httpx.HTTPError,)
+    except ImportError:  # pragma: no cover - the SDK depends on httpx
+        network = ()
+    return isinstance(e, (ApiError, ConnectionError, TimeoutError, *network))
+
+
 def _said(e: Exception) -> str:
     """The one line of an SDK or HTTP error: the status and Label Studio's own detail."""
     status, body = getattr(e, "status_code", None), getattr(e, "body", None)
@@ -247,6 +302,12 @@ def _said(e: Exception) -> str:
         )
         return f"HTTP {status}: {str(detail)[:300]}".replace("\n", " ")
     return f"{type(e).__name__}: {e}".replace("\n", " ")[:300]
+
+
+def project_title(pool: Path, pool_id: str) -> str:
+    """The project a pool's rounds go to unless ``--project`` names one: one per pool, so two
+    ``pools.h5`` in different folders never share one."""
+    return f"dgaal: {pool.name} ({pool_id})" if pool_id else f"dgaal: {pool.name}"
 
 
 def app(loop: LiveLoop) -> Any:
@@ -263,13 +324,24 @@ def app(loop: LiveLoop) -> Any:
         return JSONResponse({"model_version": loop.model_version})
 
     async def predict(request: Request) -> JSONResponse:
-        body = await request.json()
-        return JSONResponse({"results": loop.predict(list(body.get("tasks") or []))})
+        body = await body_of(request)
+        if body is None or not isinstance(body.get("tasks", []), list):
+            return JSONResponse({"error": 'expected {"tasks": [...]}'}, status_code=400)
+        return JSONResponse({"results": loop.predict(body.get("tasks") or [])})
+
+    async def body_of(request: Request) -> dict[str, Any] | None:
+        try:
+            body = await request.json()
+        except ValueError:
+            return None
+        return body if isinstance(body, dict) else None
 
     async def webhook(request: Request) -> JSONResponse:
-        body = await request.json()
-        project = (body.get("project") or {}).get("id") if isinstance(body, dict) else None
-        if project in (None, loop.project):
+        body = await body_of(request)
+        if body is None:
+            return JSONResponse({"error": "expected a JSON object"}, status_code=400)
+        project = body.get("project")
+        if not isinstance(project, dict) or project.get("id") in (None, loop.project):
             loop.wake.put(str(body.get("action")))
         return JSONResponse({"status": "ok"})
 

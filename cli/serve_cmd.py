@@ -148,10 +148,16 @@ def label_studio(
     finally:  # the round in progress stops at its next safe point, crash-safe
         loop.stop.set()
         loop.wake.put("stop")  # a worker waiting for events wakes now, not at its next poll
-        if worker.is_alive():
-            worker.join(timeout=600)
         server.should_exit = True
+        if worker.is_alive():
+            progress_line("stopping: a round in progress stops at its next step (Ctrl-C again "
+                          "stops at once; the pool stays finishable either way)")  # fmt: skip
+        while worker.is_alive():  # a second signal raises here and ends the process now
+            worker.join(timeout=0.2)
+            interrupt.check("stopping")
         web.join(timeout=10)
+    if loop.failure is not None:  # not Label Studio's fault nor the answers': a bug, shown whole
+        raise loop.failure
 
 
 def register(main: typer.Typer) -> None:

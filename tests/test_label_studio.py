@@ -203,7 +203,7 @@ def test_serve_label_studio_runs_rounds_as_annotations_arrive(server, tmp_path):
     pool = tmp_path / "pools.h5"
     dgaal("pool", "create", str(pool), "--from", "digits", "--initial", "0.1", "--seed", "5")
     with PoolReader(pool) as r:
-        classes, truth = r.class_names, r.read_truth(np.arange(r.num_rows))
+        classes, truth, pool_id = r.class_names, r.read_truth(np.arange(r.num_rows)), r.pool_id
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -221,12 +221,18 @@ def test_serve_label_studio_runs_rounds_as_annotations_arrive(server, tmp_path):
         ls = LabelStudio(base_url=server.url, api_key=token)
 
         def ours() -> list:
-            return [p for p in ls.projects.list() if p.title == "dgaal: pools.h5"]
+            return [p for p in ls.projects.list() if p.title == f"dgaal: pools.h5 ({pool_id})"]
 
         project = _wait("project", ours, proc, log)[0].id
         assert [m.url for m in ls.ml.list(project=project)] == [f"http://127.0.0.1:{port}"]
         base = f"http://127.0.0.1:{port}"
         assert requests.get(f"{base}/health", timeout=10).json()["status"] == "UP"
+        for path in ("webhook", "predict"):  # not a JSON object: refused, the backend lives on
+            assert requests.post(f"{base}/{path}", data=b"[1]", timeout=10).status_code == 400
+        # a task dgaal did not write, annotated, in the same project: left alone
+        ls.projects.import_tasks(id=project, request=[{"data": {"image": "x", "note": "mine"}}])
+        mine = next(t for t in ls.tasks.list(project=project) if t.data.get("note") == "mine")
+        ls.annotations.create(id=mine.id, result=_choice(classes[0]))
         for round_no in (1, 2):
             tasks = _wait(f"round {round_no}'s tasks",
                           lambda n=round_no: _tasks_of(ls, project, n), proc, log)  # fmt: skip

@@ -139,3 +139,39 @@ def test_version_and_plain_help() -> None:
     assert "<bool>" not in helped and "--take-all " in helped
     assert "pip install 'dgaal[ray]'" in " ".join(helped.split())  # no markup ate "[ray]"
     assert all(len(x) <= 100 for x in helped.splitlines())
+
+
+def test_answers_imported_again_after_x_g_were_generated_redo_nothing(tmp_path: Path) -> None:
+    from dgaal_core.loop.oracle import apply_answers
+    from dgaal_core.loop.state import Phase, pending_round
+
+    pool = tmp_path / "p.h5"
+    assert cli("pool", "create", pool, "--from", "digits", "--initial", "0.1").code == 0
+    cfg = RoundConfig(budget=10, oracle="human", gan_steps=4, task_epochs=1, task_min_steps=0,
+                      coevolve_steps=2)  # fmt: skip
+    exporter = onnx_exporter(provider="cpu")
+    Round(pool, cfg, exporter, log=lambda _: None).run()
+    with PoolReader(pool) as r:
+        asked = r.ids(State.QUERIED)
+        truth = r.read_truth(asked)
+    answers = tmp_path / "a.csv"
+    rows_text = "".join(f"{i},{t}\n" for i, t in zip(asked, truth, strict=True))
+    answers.write_text("id,label\n" + rows_text)
+    apply_answers(pool, answers)
+
+    def dies_training_t(stage: str, done: int, total: int, /, **info: float) -> None:
+        if stage == "Task model":
+            raise _Crash()
+
+    with pytest.raises(_Crash):  # x_g are in (COMMIT B), T is not
+        Round(pool, cfg, exporter, log=lambda _: None, progress=dies_training_t).run()
+    with PoolReader(pool) as r:
+        rows, phase = r.num_rows, pending_round(r).phase
+    assert phase is Phase.GENERATED and rows > 1438
+    again = apply_answers(pool, answers)  # the same file once more: counted, nothing moves
+    assert (again.answered, again.already) == (0, 10)
+    with PoolReader(pool) as r:
+        assert pending_round(r).phase is Phase.GENERATED
+    record = Round(pool, cfg, exporter, log=lambda _: None).run()
+    with PoolReader(pool) as r:
+        assert r.num_rows == rows and record.generated_added == rows - 1438  # generated once

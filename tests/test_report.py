@@ -168,7 +168,7 @@ def test_report_from_a_pool_round_log(tmp_path):
     assert (tmp_path / "r" / "selection.png").read_bytes().startswith(PNG)
     summary = (tmp_path / "r" / "summary.md").read_text()
     assert "| dgaal | 1 | n/a (0) | 75.0 (3) |" in summary
-    assert "–" not in summary and "n/a: not measured in these runs" in summary
+    assert "–" not in summary and "n/a: nothing to show there: not measured" in summary
     assert "minus random" not in summary  # a column with nothing in it is left out
 
 

@@ -165,7 +165,7 @@ def plot_accuracy(
     note = f"lines: mean, bands: {what} over seeds" if multi else ""
     # a pool's own log counts its initial labelled set but never evaluated T on it: say so
     unmeasured = sorted({p.ratio for pts in agg.values() for p in pts if p.acc_mean is None})
-    gap = "no accuracy at " + ", ".join(f"{100 * r:.0f}%" for r in unmeasured) if unmeasured else ""
+    gap = "no accuracy at " + ", ".join(f"{100 * r:.3g}%" for r in unmeasured) if unmeasured else ""
     subtitle = "; ".join(x for x in (title, note, gap) if x)
     ax.set_title("Test accuracy vs labelled data" + (f"\n{subtitle}" if subtitle else ""),
                  fontsize=11)  # fmt: skip

@@ -87,8 +87,9 @@ def summary_markdown(results: Results, agg: dict[str, list[Point]] | None = None
 
 EMPTY = "–"  # a cell the sections leave empty: nothing measured there
 NOT_MEASURED = (
-    "n/a: not measured in these runs (no random run to compare with, no evaluation of the "
-    "initial labelled set in a pool's own round log, no x_g in the round, ...)."
+    "n/a: nothing to show there: not measured in these runs (no random run to compare with, no "
+    "evaluation of the initial labelled set in a pool's own round log, no x_g in the round, "
+    "...), or not reached (as each table's note says)."
 )
 
 

@@ -3,9 +3,9 @@ them, computed on first use (:class:`RoundContext`, the round's
 :class:`~dgaal_core.loop.strategies.SelectionContext`).
 
 D1's scores (and, on a pool without embeddings, the latents of a shortlist) come from the
-exported sampler (onnxruntime), never from PyTorch; T's outputs come from the previous round's T. Whatever was computed stays for the
-rest of the run: the human oracle's Label Studio tasks carry each queried row's D1 score, and
-the round record D1's ROC AUC (labelled vs candidates).
+exported sampler (onnxruntime), never from PyTorch; T's outputs come from the previous round's
+T. Whatever was computed stays for the rest of the run: the human oracle's Label Studio tasks
+carry each queried row's D1 score, and the round record D1's ROC AUC (labelled vs candidates).
 """
 
 from __future__ import annotations

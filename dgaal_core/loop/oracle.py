@@ -340,7 +340,9 @@ def apply_answers(pool_path: Path, answers: Path) -> ImportedAnswers:
             w.set_labels(ids, labels)
             w.set_state(ids, State.LABELLED, round_no=n)
         waiting = np.flatnonzero(w.field("state") == State.QUERIED)
-        if pending is not None and waiting.size == 0:
+        # the last answer moves a waiting round on; a round already past that (a completed
+        # file imported again while x_g are generated) keeps its phase: nothing is redone
+        if pending is not None and waiting.size == 0 and pending.phase is Phase.AWAITING_LABELS:
             set_pending(w, pending.moved(Phase.SELECTED))
         w.commit()
     return ImportedAnswers(

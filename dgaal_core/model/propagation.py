@@ -20,7 +20,8 @@ POWER = 3  # similarity ** POWER on the kept edges
 ALPHA = 0.99
 CG_ITERATIONS = 20
 PCA_DIMS = 128  # the graph's features: enough for cosine neighbours, 10x cheaper than 1280
-BLOCK = 2048  # rows of the similarity matrix computed at once (memory: BLOCK x N floats)
+BLOCK = 2048  # rows of the similarity matrix computed at once, at most ...
+BLOCK_FLOATS = 1 << 25  # ... so that one block holds 32M similarities (128 MB, plus its indices)
 
 
 def graph_features(x: np.ndarray, dims: int = PCA_DIMS) -> np.ndarray:
@@ -44,11 +45,12 @@ def knn_graph(z: np.ndarray, k: int = NEIGHBOURS):  # -> scipy.sparse.csr_matrix
     n = z.shape[0]
     k = max(1, min(k, n - 1))
     rows, cols, vals = [], [], []
-    for start in range(0, n, BLOCK):
-        sims = z[start : start + BLOCK] @ z.T
-        idx = np.arange(start, min(start + BLOCK, n))
+    block = max(16, min(BLOCK, BLOCK_FLOATS // max(1, n)))  # memory stays flat in n
+    for start in range(0, n, block):
+        sims = z[start : start + block] @ z.T
+        idx = np.arange(start, min(start + block, n))
         sims[np.arange(idx.size), idx] = -np.inf  # no self-loops
-        nearest = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        nearest = np.argpartition(sims, n - k, axis=1)[:, n - k :]  # the k largest, no copy
         rows.append(np.repeat(idx, k))
         cols.append(nearest.ravel())
         vals.append(np.clip(np.take_along_axis(sims, nearest, axis=1).ravel(), 0, None) ** POWER)
