@@ -320,22 +320,3 @@ def test_a_round_with_the_semi_supervised_head(digits: Path, tmp_path: Path) -> 
         (rec,) = round_records(r)
     assert rec.config is not None and rec.config.task_model == "linear-ssl"
     assert rec.accuracy is not None and rec.accuracy > 0.9
-
-
-def test_dgaal_spreads_its_shortlist_over_the_embeddings_when_the_pool_has_them(
-    digits: Path, tmp_path: Path
-) -> None:
-    from dgaal_core.loop.context import RoundContext
-
-    class NoSampler:
-        def latents(self, pool_path, ids):
-            raise AssertionError("G1's latents asked for on a pool with embeddings")
-
-    def no_task():
-        raise AssertionError("T not needed")
-
-    assert cli("pool", "embed", digits, "--model", flat_encoder(tmp_path / "f.onnx")).code == 0
-    with PoolReader(digits) as r:
-        ctx = RoundContext(r, NoSampler, no_task)
-        ids = ctx.candidates[:5]
-        np.testing.assert_array_equal(ctx.latents(ids), open_embeddings(digits).pool(ids))

@@ -2,10 +2,10 @@
 them, computed on first use (:class:`RoundContext`, the round's
 :class:`~dgaal_core.loop.strategies.SelectionContext`).
 
-D1's scores (and, on a pool without embeddings, the latents of a shortlist) come from the
-exported sampler (onnxruntime), never from PyTorch; T's outputs come from the previous round's
-T. Whatever was computed stays for the rest of the run: the human oracle's Label Studio tasks
-carry each queried row's D1 score, and the round record D1's ROC AUC (labelled vs candidates).
+D1's scores and the latents of a shortlist come from the exported sampler (onnxruntime), never
+from PyTorch; T's outputs come from the previous round's T. Whatever was computed stays for the
+rest of the run: the human oracle's Label Studio tasks carry each queried row's D1 score, and
+the round record D1's ROC AUC (labelled vs candidates).
 """
 
 from __future__ import annotations
@@ -81,12 +81,8 @@ class RoundContext:
         return self._scores[np.searchsorted(self.candidates, ids)]
 
     def latents(self, ids: np.ndarray) -> np.ndarray:
-        """The space dgaal's shortlist is spread over: the pool's embeddings when it has them
-        (an encoder's features tell images apart far better than G1's z on photos), else the
-        sampler's latent z = G1(x)."""
-        emb = open_embeddings(self.pool_path)
-        if emb is not None:
-            return emb.pool(ids)
+        # G1's z, also on a pool with embeddings: spreading the shortlist over the embeddings
+        # was measured worse on CIFAR-10 (benchmarks/results/al_features_dgaal_spread_cifar)
         return self._served().latents(self.pool_path, ids)
 
     def _task_outputs(self) -> tuple[np.ndarray, np.ndarray]:

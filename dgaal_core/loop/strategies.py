@@ -95,8 +95,7 @@ class SelectionContext(Protocol):
         ...
 
     def latents(self, ids: np.ndarray) -> np.ndarray:
-        """The features the candidates ``ids`` (ascending) are spread over, [len(ids), F]: the
-        pool's embeddings when it has them, else the sampler's latent z."""
+        """The sampler's latent z of the candidates ``ids`` (ascending), [len(ids), z_dim]."""
         ...
 
     def task_probs(self) -> np.ndarray:
