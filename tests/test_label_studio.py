@@ -224,7 +224,9 @@ def test_serve_label_studio_runs_rounds_as_annotations_arrive(server, tmp_path):
             return [p for p in ls.projects.list() if p.title == f"dgaal: pools.h5 ({pool_id})"]
 
         project = _wait("project", ours, proc, log)[0].id
-        assert [m.url for m in ls.ml.list(project=project)] == [f"http://127.0.0.1:{port}"]
+        # the backend is attached only after its HTTP server is up (Label Studio checks /health)
+        backends = _wait("ML backend", lambda: ls.ml.list(project=project), proc, log)
+        assert [m.url for m in backends] == [f"http://127.0.0.1:{port}"]
         base = f"http://127.0.0.1:{port}"
         assert requests.get(f"{base}/health", timeout=10).json()["status"] == "UP"
         for path in ("webhook", "predict"):  # not a JSON object: refused, the backend lives on
