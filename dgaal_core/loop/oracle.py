@@ -105,7 +105,7 @@ def write_query_package(
     captions = [str(i) for i in ids.tolist()]
     if suggested is not None:  # T's class (and probability) under each id, as the tasks carry
         for k, lab in enumerate(suggested.tolist()):
-            p = "" if confidence is None else f" {100 * float(confidence[k]):.0f}%"
+            p = "" if confidence is None else f" ({100 * float(confidence[k]):.0f}%)"
             captions[k] += f"\n{class_names[int(lab)]}{p}"
     sheet = contact_sheet(images, captions=captions, cell=max(64, min(int(images.shape[1]), 128)))
     sheet.save(paths["contact_sheet"])
