@@ -12,7 +12,9 @@ layout), unpacked once into a cache folder; it is never needed by the tests.
 
 from __future__ import annotations
 
+import shutil
 import tarfile
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -63,8 +65,12 @@ def _unpack_cifar(cache: Path) -> Path:
         if not CIFAR_TAR.exists():
             raise SystemExit(f"{CIFAR_TAR}: not found (the CIFAR-10 JPEGs for benchmarks)")
         cache.mkdir(parents=True, exist_ok=True)
+        # unpacked beside the cache and renamed into place: an interrupted unpack is not a cache
+        partial = Path(tempfile.mkdtemp(prefix=".cifar10-", dir=cache))
         with tarfile.open(CIFAR_TAR) as tar:
-            tar.extractall(root, filter="data")  # train/<class>/*.jpg, test/<class>/*.jpg
+            tar.extractall(partial, filter="data")  # train/<class>/*.jpg, test/<class>/*.jpg
+        shutil.rmtree(root, ignore_errors=True)
+        partial.rename(root)
     return root
 
 
