@@ -92,6 +92,9 @@ class ModelConfig:
     task_kind: TaskKind = "vgg16"
     task_width: int = 64  # VGG16: channels of the first stage (64 = the standard VGG16)
     noise_skips: bool = False  # the noise head's scales also scale the U-Net's skip features
+    # > 0: D1 reads a trained projection of the pool's frozen embeddings (this many dimensions,
+    # the encoder's output) instead of G1's latent; the projection takes G1's role in Eq. 4
+    embedding_dim: int = 0
 
     def __post_init__(self) -> None:
         n = type(self).__name__
@@ -113,6 +116,9 @@ class ModelConfig:
             value = getattr(self, name)
             _check(isinstance(value, int) and value >= 0, n, name, "an integer >= 0", value)
         _check(self.task_kind in TASK_KINDS, n, "task_kind", f"one of {TASK_KINDS}", self.task_kind)
+        e = self.embedding_dim
+        ok = isinstance(e, int) and not isinstance(e, bool) and e >= 0
+        _check(ok, n, "embedding_dim", "an integer >= 0", e)
 
     @property
     def latent_dim(self) -> int:
@@ -124,6 +130,8 @@ class ModelConfig:
         """Plain, JSON-able dict (tuples become lists)."""
         d = dataclasses.asdict(self)
         d["image_shape"] = list(self.image_shape)
+        if not self.embedding_dim:  # the paper's D1: stored as before, so old checkpoints match
+            del d["embedding_dim"]
         return d
 
     @classmethod

@@ -76,12 +76,40 @@ class ArraySource:
         return self.images[indices], labels
 
 
-def sample_batch(source: DataSource, batch_size: int, rng: np.random.Generator) -> Batch:
-    """``batch_size`` rows drawn uniformly with replacement (pools may be smaller than a batch)."""
+@dataclass(frozen=True)
+class EmbeddedSource:
+    """A :class:`DataSource` whose rows also have frozen embeddings (``embeddings[i]`` belongs to
+    row ``i``): what D1 reads when it reads embeddings (:mod:`dgaal_core.model.projection`)."""
+
+    source: DataSource
+    embeddings: np.ndarray  # [len(source), D]
+
+    def __post_init__(self) -> None:
+        if self.embeddings.ndim != 2 or self.embeddings.shape[0] != len(self.source):
+            raise ValueError(
+                f"EmbeddedSource: expected embeddings [{len(self.source)}, D], got "
+                f"{list(self.embeddings.shape)}"
+            )
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def get(self, indices: np.ndarray) -> Batch:
+        """Images (and labels, or None) at ``indices``."""
+        return self.source.get(indices)
+
+
+def sample_rows(source: DataSource, batch_size: int, rng: np.random.Generator) -> np.ndarray:
+    """``batch_size`` sorted row positions of ``source``, drawn uniformly with replacement."""
     n = len(source)
     if n == 0:
         raise ValueError("sample_batch: the source is empty")
-    return source.get(np.sort(rng.integers(0, n, size=batch_size)))
+    return np.sort(rng.integers(0, n, size=batch_size))
+
+
+def sample_batch(source: DataSource, batch_size: int, rng: np.random.Generator) -> Batch:
+    """``batch_size`` rows drawn uniformly with replacement (pools may be smaller than a batch)."""
+    return source.get(sample_rows(source, batch_size, rng))
 
 
 def sample_union(

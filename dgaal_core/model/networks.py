@@ -53,6 +53,7 @@ from torch.nn.utils.parametrizations import spectral_norm
 
 from dgaal_core.model.config import ModelConfig
 from dgaal_core.model.noise import noise_range
+from dgaal_core.model.projection import EmbeddingProjection
 from dgaal_core.values import derive_seed
 
 NOISE_LOW, NOISE_HIGH = noise_range()  # the initial (training) scales: the paper's range
@@ -318,6 +319,7 @@ class Models:
     d1: LatentDiscriminator
     d2: Critic
     task: ConvClassifier
+    proj: EmbeddingProjection | None = None  # D1's input when it reads embeddings, else None
 
     def to(self, device: torch.device | str) -> Models:
         """Move all four to ``device`` (in place) and return self."""
@@ -326,8 +328,10 @@ class Models:
         return self
 
     def modules(self) -> Iterator[nn.Module]:
-        """g, d1, d2, task."""
+        """g, d1, d2, task (and proj, when D1 reads embeddings)."""
         yield from (self.g, self.d1, self.d2, self.task)
+        if self.proj is not None:
+            yield self.proj
 
 
 @contextmanager
@@ -354,4 +358,8 @@ def build_models(cfg: ModelConfig, seed: int) -> Models:
         d1 = LatentDiscriminator(cfg.latent_dim, cfg.d1_hidden)
     with _seeded(derive_seed(seed, "d2")):
         d2 = Critic(cfg)
-    return Models(g, d1, d2, build_task_model(cfg, seed))
+    proj = None
+    if cfg.embedding_dim:
+        with _seeded(derive_seed(seed, "proj")):
+            proj = EmbeddingProjection(cfg.embedding_dim, cfg.latent_dim, cfg.d1_hidden)
+    return Models(g, d1, d2, build_task_model(cfg, seed), proj)

@@ -49,7 +49,14 @@ from torch import nn
 from dgaal_core.errors import ConfigError, EmptyPoolError
 from dgaal_core.model import losses
 from dgaal_core.model.config import ModelConfig, RunConfig, TrainConfig
-from dgaal_core.model.data import DataSource, sample_batch, sample_union, to_model_input
+from dgaal_core.model.data import (
+    DataSource,
+    EmbeddedSource,
+    sample_batch,
+    sample_rows,
+    sample_union,
+    to_model_input,
+)
 from dgaal_core.model.networks import Models, build_models
 from dgaal_core.progress import Progress, silent
 from dgaal_core.values import derive_seed
@@ -115,7 +122,9 @@ class DGAALTrainer:
             torch.backends.cudnn.benchmark = True
         self.models = models.to(self.device)
         g, cfg = models.g, train_config
-        self.opt_g1 = _adam(g.g1.parameters(), cfg.lr_g1, cfg)
+        # Eq. 4's adversary of D1: G1, or the projection of the embeddings when D1 reads those
+        adversary = g.g1 if models.proj is None else models.proj
+        self.opt_g1 = _adam(adversary.parameters(), cfg.lr_g1, cfg)
         self.opt_d1 = _adam(models.d1.parameters(), cfg.lr_d1, cfg)
         self.opt_g = _adam(g.parameters(), cfg.lr_g, cfg)
         self.opt_d2 = _adam(models.d2.parameters(), cfg.lr_d2, cfg)
@@ -125,30 +134,55 @@ class DGAALTrainer:
         self.torch_generator = torch.Generator().manual_seed(derive_seed(cfg.seed, "noise"))
 
     @classmethod
-    def create(cls, run: RunConfig, device: str | torch.device | None = None) -> DGAALTrainer:
-        """Fresh models initialised from ``run.train.seed`` and a trainer around them."""
-        return cls(build_models(run.model, run.train.seed), run.model, run.train, device)
+    def create(
+        cls,
+        run: RunConfig,
+        device: str | torch.device | None = None,
+        *,
+        scale: np.ndarray | None = None,
+    ) -> DGAALTrainer:
+        """Fresh models initialised from ``run.train.seed`` and a trainer around them; ``scale``:
+        embeddings [N, D] that D1's projection is standardised on (when D1 reads embeddings)."""
+        models = build_models(run.model, run.train.seed)
+        if models.proj is not None:
+            if scale is None:
+                raise ConfigError("D1 reads embeddings: create() needs them to standardise on")
+            models.proj.fit_scale(scale)
+        return cls(models, run.model, run.train, device)
 
     # --- one step of each kind (tensors in model form: float NCHW in [-1, 1] on self.device) ---
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
         return autocast(self.device, self.config.amp)
 
-    def _pool_logits(self, x_l: torch.Tensor, x_u: torch.Tensor) -> torch.Tensor:
-        z = self.models.g.encode(torch.cat([x_l, x_u]))  # (B_l + B_u, z_dim), one BN batch
-        return self.models.d1.logits(z)  # (B_l + B_u,)
+    def _features(self, x: torch.Tensor, e: torch.Tensor | None) -> torch.Tensor:
+        """What D1 reads: G1's latent of images ``x``, or the projection of embeddings ``e``."""
+        proj = self.models.proj
+        if proj is None:
+            return self.models.g.encode(x)  # (B, z_dim), one BN batch
+        if e is None:
+            raise ConfigError("D1 reads embeddings (embedding_dim > 0); this batch has none")
+        return proj(e)
 
-    def step_g1(self, x_l: torch.Tensor, x_u: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _pool_logits(
+        self, x_l: torch.Tensor, x_u: torch.Tensor, e: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return self.models.d1.logits(self._features(torch.cat([x_l, x_u]), e))  # (B_l + B_u,)
+
+    def step_g1(
+        self, x_l: torch.Tensor, x_u: torch.Tensor, e: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
         """Eq. 4, min over G1: update only G1 so that D1 calls both pools labelled.
 
         G1 runs with its batch norm in eval mode (running statistics, which the G step keeps
         up to date), the features the exported sampler computes: D1 is trained, and G1 fools it,
-        on exactly what the sampler will score."""
+        on exactly what the sampler will score. When D1 reads embeddings, ``e`` holds those of
+        ``cat(x_l, x_u)`` and the projection takes G1's place."""
         g, d1 = self.models.g, self.models.d1
         g.eval()
         d1.train()
         with frozen(d1), self._autocast():
-            logits = self._pool_logits(x_l, x_u)
+            logits = self._pool_logits(x_l, x_u, e)
             loss = losses.g1_loss(logits[: len(x_l)], logits[len(x_l) :])
         self.opt_g1.zero_grad(set_to_none=True)
         loss.backward()
@@ -157,15 +191,21 @@ class DGAALTrainer:
         return {"g1": loss.detach()}
 
     def step_d1(
-        self, x_l: torch.Tensor, x_u: torch.Tensor, *, encoder_eval: bool = True
+        self,
+        x_l: torch.Tensor,
+        x_u: torch.Tensor,
+        e: torch.Tensor | None = None,
+        *,
+        encoder_eval: bool = True,
     ) -> dict[str, torch.Tensor]:
         """Eq. 4 (or Eq. 9 with candidates as x_u), max over D1: update only D1, on G1's
-        eval-mode features (the sampler's); ``encoder_eval=False`` uses batch statistics."""
+        eval-mode features (the sampler's); ``encoder_eval=False`` uses batch statistics.
+        ``e``: the embeddings of ``cat(x_l, x_u)`` when D1 reads those."""
         g, d1 = self.models.g, self.models.d1
         g.train(not encoder_eval)
         d1.train()
         with torch.no_grad(), self._autocast():
-            z = g.encode(torch.cat([x_l, x_u]))  # (B_l + B_u, z_dim)
+            z = self._features(torch.cat([x_l, x_u]), e)  # (B_l + B_u, z_dim)
         with self._autocast():
             logits = d1.logits(z.float())
             loss = losses.d1_loss(logits[: len(x_l)], logits[len(x_l) :])
@@ -202,13 +242,18 @@ class DGAALTrainer:
         return {"d2": loss.detach()}
 
     def run_step(
-        self, x_l: torch.Tensor, x_u: torch.Tensor, x_r: torch.Tensor | None = None
+        self,
+        x_l: torch.Tensor,
+        x_u: torch.Tensor,
+        x_r: torch.Tensor | None = None,
+        e: torch.Tensor | None = None,
     ) -> dict[str, float]:
-        """One iteration of Algorithm 1; ``x_r`` defaults to ``cat(x_l, x_u)``."""
+        """One iteration of Algorithm 1; ``x_r`` defaults to ``cat(x_l, x_u)``; ``e``: the
+        embeddings of ``cat(x_l, x_u)`` when D1 reads those."""
         if x_r is None:
             x_r = torch.cat([x_l, x_u])
-        out = self.step_g1(x_l, x_u)
-        out |= self.step_d1(x_l, x_u)
+        out = self.step_g1(x_l, x_u, e)
+        out |= self.step_d1(x_l, x_u, e)
         g_losses, x_g = self.step_g(x_r)
         out |= g_losses
         out |= self.step_d2(x_r, x_g)
@@ -220,6 +265,24 @@ class DGAALTrainer:
 
     def _input(self, images: np.ndarray) -> torch.Tensor:
         return to_model_input(images, self.device)
+
+    def _draw(self, labelled: DataSource, other: DataSource) -> tuple[Any, Any, Any]:
+        """A batch of each source as model input, and their embeddings (concatenated, in that
+        order) when D1 reads embeddings, else None. Draws as ``sample_batch`` twice."""
+        b = self.config.batch_size
+        rows = sample_rows(labelled, b, self.rng), sample_rows(other, b, self.rng)
+        x = [self._input(s.get(r)[0]) for s, r in zip((labelled, other), rows, strict=True)]
+        if self.models.proj is None:
+            return x[0], x[1], None
+        parts = []
+        for source in (labelled, other):
+            if not isinstance(source, EmbeddedSource):
+                raise ConfigError(
+                    "D1 reads embeddings (embedding_dim > 0): train it on EmbeddedSource rows"
+                )
+            parts.append(source.embeddings)
+        e = np.concatenate([parts[0][rows[0]], parts[1][rows[1]]]).astype(np.float32)
+        return x[0], x[1], torch.from_numpy(e).to(self.device)
 
     def train_gan(
         self,
@@ -246,13 +309,12 @@ class DGAALTrainer:
         b, history = self.config.batch_size, defaultdict(list)
         report = progress or silent
         for step in range(steps):
-            x_l = self._input(sample_batch(labelled, b, self.rng)[0])
-            x_u = self._input(sample_batch(unlabelled, b, self.rng)[0])
+            x_l, x_u, e = self._draw(labelled, unlabelled)
             if real is None:
                 x_r = self._input(sample_union((labelled, unlabelled), b, self.rng))
             else:
                 x_r = self._input(sample_batch(real, b, self.rng)[0])
-            step_losses = self.run_step(x_l, x_u, x_r)
+            step_losses = self.run_step(x_l, x_u, x_r, e)
             for k, v in step_losses.items():
                 history[k].append(v)
             report(stage, step + 1, steps, **step_losses)
@@ -273,12 +335,11 @@ class DGAALTrainer:
                 f"and {len(candidates)} candidates"
             )
         steps = self.config.coevolve_steps if steps is None else steps
-        b, history = self.config.batch_size, defaultdict(list)
+        history = defaultdict(list)
         report = progress or silent
         for step in range(steps):
-            x_l = self._input(sample_batch(labelled, b, self.rng)[0])
-            x_c = self._input(sample_batch(candidates, b, self.rng)[0])
-            out = self.step_d1(x_l, x_c, encoder_eval=True)
+            x_l, x_c, e = self._draw(labelled, candidates)
+            out = self.step_d1(x_l, x_c, e, encoder_eval=True)
             self.coevolve_step += 1
             values = dict(zip(out, torch.stack(list(out.values())).tolist(), strict=True))
             for k, v in values.items():
@@ -294,7 +355,8 @@ class DGAALTrainer:
         plain containers only, loadable with ``torch.load(weights_only=True)``)."""
         m = self.models
         return {
-            "models": {"g": m.g.state_dict(), "d1": m.d1.state_dict(), "d2": m.d2.state_dict()},
+            "models": {"g": m.g.state_dict(), "d1": m.d1.state_dict(), "d2": m.d2.state_dict()}
+            | ({} if m.proj is None else {"proj": m.proj.state_dict()}),
             "optimizers": {
                 "g1": self.opt_g1.state_dict(),
                 "d1": self.opt_d1.state_dict(),
@@ -318,6 +380,8 @@ class DGAALTrainer:
         m.g.load_state_dict(state["models"]["g"])
         m.d1.load_state_dict(state["models"]["d1"])
         m.d2.load_state_dict(state["models"]["d2"])
+        if m.proj is not None:
+            m.proj.load_state_dict(state["models"]["proj"])
         if optimizers:
             opts = state["optimizers"]
             self.opt_g1.load_state_dict(opts["g1"])
