@@ -239,6 +239,15 @@ TaskModelOpt = Annotated[
         callback=_one_of("--task-model", ("cnn", "linear", "linear-ssl")),
     ),
 ]
+D1InputOpt = Annotated[
+    str,
+    typer.Option(
+        help="What D1 tells labelled from unlabelled on: image (G1's latent, the paper) | "
+        "embedding (a trained projection of the pool's embeddings, with the encoder merged into "
+        "the exported sampler: run `dgaal pool embed` first).",
+        callback=_one_of("--d1-input", ("image", "embedding")),
+    ),
+]
 PmseWeightOpt = Annotated[float | None, typer.Option(help="lambda of Eq. 8 (preset: 0.1).")]
 NoiseSpreadOpt = Annotated[
     float, typer.Option(help="x_g's noise-head scales are drawn in [1 - s, 1 + s].")

@@ -12,6 +12,7 @@ from dgaal_core.errors import DgaalError
 
 from .common import (
     CoevolveStepsOpt,
+    D1InputOpt,
     DepthLimitOpt,
     DeviceOpt,
     EpochsOpt,
@@ -100,6 +101,7 @@ def experiment_command(
     noise_skips: NoiseSkipsOpt = False,
     depth_limit: DepthLimitOpt = 2,
     task_model: TaskModelOpt = "cnn",
+    d1_input: D1InputOpt = "image",
     device: DeviceOpt = "auto",
     provider: ProviderOpt = "auto",
     report: Annotated[
@@ -139,6 +141,7 @@ def experiment_command(
                 preset=preset, device=device, gan_steps=gan_steps, gan_epochs=epochs,
                 task_epochs=task_epochs, coevolve_steps=coevolve_steps, depth_limit=depth_limit,
                 task_model=task_model,
+                d1_input=d1_input,
                 **method_settings(
                     task_min_steps, shortlist, task_weight, generated_cap, retrain_gan,
                     pmse_weight, noise_spread, noise_skips,

@@ -12,6 +12,7 @@ from dgaal_core.errors import DgaalError
 from .common import (
     AddressOpt,
     CoevolveStepsOpt,
+    D1InputOpt,
     DepthLimitOpt,
     DeviceOpt,
     EngineName,
@@ -123,6 +124,7 @@ def round_command(
         float, typer.Option(help="Share of x_g that joins the labelled set directly (sec. 4.3.2).")
     ] = 0.0,
     task_model: TaskModelOpt = "cnn",
+    d1_input: D1InputOpt = "image",
     workdir: WorkdirOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
     engine: EngineOpt = EngineName.local,
@@ -159,6 +161,7 @@ def round_command(
             task_epochs=task_epochs, coevolve_steps=coevolve_steps,
             depth_limit=depth_limit, augment_ratio=augment_ratio, take_all=take_all,
             task_model=task_model,
+            d1_input=d1_input,
             **method_settings(
                 task_min_steps, shortlist, task_weight, generated_cap, retrain_gan, pmse_weight,
                 noise_spread, noise_skips,

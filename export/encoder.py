@@ -198,10 +198,14 @@ class EncoderSession(ModelSession):
             x = x.transpose(0, 3, 1, 2)
         return np.ascontiguousarray(x)
 
+    def raw_output(self, images: np.ndarray) -> np.ndarray:
+        """The encoder's first output for uint8 NHWC ``images``, in its own shape (float32)."""
+        (out,) = self.run({self.inputs[0]: self._prepare(images)})[:1]
+        return np.asarray(out, dtype=np.float32)
+
     def embed(self, images: np.ndarray) -> np.ndarray:
         """Embeddings [N, D] (float32) of uint8 NHWC ``images``."""
-        (out,) = self.run({self.inputs[0]: self._prepare(images)})[:1]
-        out = np.asarray(out, dtype=np.float32)
+        out = self.raw_output(images)
         if out.ndim > 2 and all(d == 1 for d in out.shape[2:]):
             out = out.reshape(out.shape[0], -1)
         if out.ndim != 2 or out.shape[0] != images.shape[0]:

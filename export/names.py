@@ -22,6 +22,7 @@ OPSET = 17
 
 # ---- file names ---------------------------------------------------------------------------
 SAMPLER_FILE = "sampler.onnx"
+SAMPLER_HEAD_FILE = "sampler-head.onnx"  # D1 on embeddings: P + D1 alone, embeddings in
 GENERATOR_FILE = "generator.onnx"
 SAMPLER_INT8_FILE = "sampler.int8.onnx"
 SAMPLER_FP16_FILE = "sampler.fp16.onnx"
@@ -65,7 +66,10 @@ META_CONFIG = "dgaal.model_config"  # JSON of ModelConfig.to_dict()
 META_PRECISION = "dgaal.precision"  # "fp32" | "int8" | "fp16"
 META_INT8_MODE = "dgaal.int8_mode"  # "direct" | "cascade" (rescore the lowest scores in fp32)
 META_RESCORE_FRACTION = "dgaal.rescore_fraction"
+META_D1_INPUT = "dgaal.d1_input"  # "embedding": encoder + projection + D1 in one file
+META_ENCODER = "dgaal.encoder"  # the encoder's name, in a sampler that contains one
 META_INT8_AGREEMENT = "dgaal.int8_agreement"  # JSON: measured selection agreement with fp32
 
 KIND_SAMPLER = "sampler"
+KIND_SAMPLER_HEAD = "sampler-head"  # embeddings float32 [batch, D] -> score, latent
 KIND_GENERATOR = "generator"

@@ -23,11 +23,13 @@ from dgaal_core.loop.workdir import CHECKPOINT_FILE, latest_round, round_dir, wo
 from dgaal_core.model.config import ModelConfig, preset
 from dgaal_core.model.networks import LatentDiscriminator, UNetGenerator, build_models
 from dgaal_core.model.noise import PAPER_SPREAD
+from dgaal_core.model.projection import EmbeddingProjection
+from dgaal_core.pool.embeddings import embed_dir, read_manifest
 from dgaal_core.pool.reader import PoolReader
 from dgaal_core.pool.schema import State
 
 from . import names
-from .errors import CheckpointNotFoundError, ModelMismatchError
+from .errors import CheckpointNotFoundError, ModelFileError, ModelMismatchError
 from .onnx_export import GeneratorParity, SamplerParity, export_generator, export_sampler
 from .quantize import Int8Report, convert_fp16, quantize_sampler_int8
 from .triton import write_triton_repository
@@ -46,6 +48,22 @@ class ExportedModels:
     round_index: int
     source: str
     noise_spread: float = PAPER_SPREAD  # generation draws the noise-head scales in [1 -+ this]
+    proj: EmbeddingProjection | None = None  # D1 reads P(embedding) (config.embedding_dim > 0)
+    encoder: tuple[Path, dict, str] | None = None  # then: the pool's encoder, preprocessing, name
+
+
+def pool_encoder(pool_path: str | Path) -> tuple[Path, dict, str]:
+    """The encoder file the pool's embeddings were made with, its preprocessing and its name."""
+    manifest = read_manifest(Path(pool_path))
+    if manifest is None:
+        raise ModelFileError(
+            f"{pool_path}: D1 reads the pool's embeddings and the pool has none; "
+            "run `dgaal pool embed` first"
+        )
+    folder = embed_dir(Path(pool_path))
+    file = str(manifest.encoder["file"])
+    name = str(manifest.encoder.get("name") or file)
+    return folder / file, dict(manifest.encoder.get("input") or {}), name
 
 
 @dataclass
@@ -56,6 +74,7 @@ class ExportReport:
     generator: Path
     sampler_parity: SamplerParity
     generator_parity: GeneratorParity
+    sampler_head: Path | None = None  # D1 on embeddings: P + D1 alone, embeddings in
     int8: Int8Report | None = None
     fp16: list[Path] = field(default_factory=list)
     fp16_message: str = ""
@@ -110,7 +129,12 @@ def load_models(
     d1.load_state_dict(ckpt["models"]["d1"])
     r = int(ckpt.get("round", 0)) if round_index is None else round_index
     spread = float(ckpt.get("extra", {}).get("noise_spread", PAPER_SPREAD))
-    return ExportedModels(g, d1, config, r, str(checkpoint), spread)
+    proj, encoder = None, None
+    if config.embedding_dim:
+        proj = EmbeddingProjection(config.embedding_dim, config.latent_dim, config.d1_hidden)
+        proj.load_state_dict(ckpt["models"]["proj"])
+        encoder = pool_encoder(pool_path)
+    return ExportedModels(g, d1, config, r, str(checkpoint), spread, proj, encoder)
 
 
 def sample_pool_images(reader: PoolReader, count: int, seed: int = 0, skip: int = 0) -> np.ndarray:
@@ -172,16 +196,33 @@ def _export_round(
     with tempfile.TemporaryDirectory(prefix=".export-", dir=out_dir) as tmp_name:
         tmp = Path(tmp_name)
         s_path, g_path = tmp / names.SAMPLER_FILE, tmp / names.GENERATOR_FILE
-        sp = export_sampler(
-            models.g, models.d1, models.config, s_path, parity_images,
-            round_index=models.round_index, dynamo=dynamo,
-        )  # fmt: skip
+        head = None
+        if models.proj is not None:  # one file: the pool's encoder + P + D1
+            if int8 or fp16:
+                raise ModelFileError(
+                    "int8 and fp16 variants of a sampler that contains the encoder are not "
+                    "supported yet; export it without --int8/--fp16"
+                )
+            from .embedding_sampler import export_embedding_sampler
+
+            assert models.encoder is not None
+            head = tmp / names.SAMPLER_HEAD_FILE
+            enc_path, enc_spec, enc_name = models.encoder
+            sp = export_embedding_sampler(
+                models.proj, models.d1, models.config, enc_path, enc_spec, s_path, head,
+                parity_images, round_index=models.round_index, encoder_name=enc_name,
+            )  # fmt: skip
+        else:
+            sp = export_sampler(
+                models.g, models.d1, models.config, s_path, parity_images,
+                round_index=models.round_index, dynamo=dynamo,
+            )  # fmt: skip
         gp = export_generator(
             models.g, models.config, g_path, parity_images,
             round_index=models.round_index, dynamo=dynamo, seed=seed,
             noise_spread=models.noise_spread,
         )  # fmt: skip
-        report = ExportReport(s_path, g_path, sp, gp)
+        report = ExportReport(s_path, g_path, sp, gp, head)
         if int8:
             calib = parity_images if calibration_images is None else calibration_images
             agree = parity_images if agreement_images is None else agreement_images
@@ -193,6 +234,8 @@ def _export_round(
             report.fp16, report.fp16_message = _fp16(s_path, g_path, tmp, parity_images, seed)
         published = _publish(tmp, out_dir)
     report.sampler, report.generator = published[s_path.name], published[g_path.name]
+    if head is not None:
+        report.sampler_head = published[head.name]
     if report.int8 is not None and report.int8.path is not None:
         report.int8 = _moved(report.int8, published[names.SAMPLER_INT8_FILE])
     report.fp16 = [published[p.name] for p in report.fp16]

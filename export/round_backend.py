@@ -11,10 +11,18 @@ from typing import Any
 
 import numpy as np
 
+from dgaal_core.errors import PoolFormatError
 from dgaal_core.loop.serving import ExportRequest
+from dgaal_core.pool.embeddings import open_embeddings
 from dgaal_core.pool.reader import PoolReader
 
-from .pipeline import PARITY_IMAGES, ExportedModels, export_round, sample_pool_images
+from .pipeline import (
+    PARITY_IMAGES,
+    ExportedModels,
+    export_round,
+    pool_encoder,
+    sample_pool_images,
+)
 from .runtime import GeneratorSession, SamplerSession
 
 Progress = Callable[[int, int], None]
@@ -89,19 +97,47 @@ class RayServed(OnnxServed):
         return generate_images_ray(self.generator.path, images, noise, self.options)
 
 
+class EmbeddingServed:
+    """D1 on the pool's embeddings: scores and latents from ``sampler-head.onnx`` on the stored
+    embeddings (the one-file ``sampler.onnx`` would run the encoder over every candidate again);
+    x_g from ``inner`` (local or Ray)."""
+
+    def __init__(self, head: Any, inner: OnnxServed) -> None:
+        self.head, self.inner = head, inner
+        self.sampler, self.generator = inner.sampler, inner.generator
+
+    def _outputs(self, pool_path: Path, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        emb = open_embeddings(pool_path)
+        if emb is None:
+            raise PoolFormatError(f"{pool_path}: D1 reads the pool's embeddings, and it has none")
+        return self.head.score(emb.pool(np.asarray(ids, dtype=np.int64)))
+
+    def score_pool(self, pool_path: Path, ids: np.ndarray) -> np.ndarray:
+        """D1(P(e)) for ``ids``, in the order given."""
+        return self._outputs(pool_path, ids)[0]
+
+    def latents(self, pool_path: Path, ids: np.ndarray) -> np.ndarray:
+        """P(e) for ``ids``, in the order given."""
+        return self._outputs(pool_path, ids)[1]
+
+    def generate(self, images: np.ndarray, seed: int) -> np.ndarray:
+        """G(x), as ``inner`` makes it."""
+        return self.inner.generate(images, seed)
+
+
 def onnx_exporter(
     provider: str = "auto",
     batch_size: int = 512,
     progress: Progress | None = None,
     ray: Any = None,
-) -> Callable[[ExportRequest], OnnxServed]:
+) -> Callable[[ExportRequest], OnnxServed | EmbeddingServed]:
     """An exporter for :class:`dgaal_core.loop.round.Round`: writes ``sampler.onnx`` and
     ``generator.onnx`` (parity-checked against PyTorch on pool images, the generator's noise
     range as the round asked) into the round folder and opens one onnxruntime session for each;
     with ``ray`` (:class:`export.distributed.RayOptions`) the round scores and generates on a
     Ray cluster instead."""
 
-    def export(request: ExportRequest) -> OnnxServed:
+    def export(request: ExportRequest) -> OnnxServed | EmbeddingServed:
         run = request.run
         with PoolReader(request.pool) as reader:
             parity = sample_pool_images(reader, PARITY_IMAGES, seed=run.train.seed)
@@ -110,17 +146,27 @@ def onnx_exporter(
         g.cpu().eval()
         d1.cpu().eval()
         try:
+            proj = request.models.proj
+            encoder = None if proj is None else pool_encoder(request.pool)
             models = ExportedModels(
-                g, d1, run.model, request.round, f"round {request.round}", request.noise_spread
-            )
+                g, d1, run.model, request.round, f"round {request.round}", request.noise_spread,
+                proj, encoder,
+            )  # fmt: skip
             report = export_round(models, request.out_dir, parity, seed=run.train.seed)
         finally:
             g.train(was[0])
             d1.train(was[1])
         sampler = SamplerSession(report.sampler, provider=provider)
         generator = GeneratorSession(report.generator, provider=provider)
-        if ray is not None:
-            return RayServed(sampler, generator, ray, progress)
-        return OnnxServed(sampler, generator, batch_size, progress)
+        served = (
+            RayServed(sampler, generator, ray, progress)
+            if ray is not None
+            else OnnxServed(sampler, generator, batch_size, progress)
+        )
+        if report.sampler_head is None:
+            return served
+        from .embedding_sampler import HeadSession
+
+        return EmbeddingServed(HeadSession(report.sampler_head, provider=provider), served)
 
     return export

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from dgaal_core.pool.reader import PoolReader
 
 TASK_MODELS = ("cnn", "linear", "linear-ssl")  # dgaal_core.loop.task_models (torch-free here)
+D1_INPUTS = ("image", "embedding")  # what D1 reads: G1's latent, or a projection of embeddings
 
 # Fields of earlier versions that did nothing (scoring batches come from the provider):
 # accepted in stored records, and dropped.
@@ -58,6 +59,7 @@ class RoundConfig:
     noise_skips: bool = False  # the noise head also scales the U-Net's skips (ModelConfig)
     take_all: bool = False  # a budget above the candidates left takes them all (else refused)
     task_model: str = "cnn"  # T: "cnn" on the pixels; "linear" / "linear-ssl" on the embeddings
+    d1_input: str = "image"  # D1 reads G1(x) (the paper), or "embedding": P(the pool's embedding)
 
     def __post_init__(self) -> None:
         strategy(self.strategy)  # ConfigError (a ValueError) on an unknown name
@@ -73,6 +75,10 @@ class RoundConfig:
         if self.task_model not in TASK_MODELS:
             raise ConfigError(
                 f"task_model must be one of {', '.join(TASK_MODELS)}, got {self.task_model!r}"
+            )
+        if self.d1_input not in D1_INPUTS:
+            raise ConfigError(
+                f"d1_input must be one of {', '.join(D1_INPUTS)}, got {self.d1_input!r}"
             )
         if not (math.isfinite(self.noise_spread) and 0 <= self.noise_spread < 1):
             raise ConfigError(f"noise_spread must lie in [0, 1), got {self.noise_spread}")
@@ -110,8 +116,11 @@ class RoundConfig:
             raise ConfigError(f"RoundConfig: unknown field(s) {unknown}")
         return cls(**data)
 
-    def run_config(self, image_shape: tuple[int, int, int], num_classes: int) -> RunConfig:
-        """The model/training configuration for this round: the preset plus the overrides."""
+    def run_config(
+        self, image_shape: tuple[int, int, int], num_classes: int, embedding_dim: int = 0
+    ) -> RunConfig:
+        """The model/training configuration for this round: the preset plus the overrides.
+        ``embedding_dim``: the pool's embedding size, which D1 reads when ``d1_input`` says so."""
         overrides: dict[str, Any] = {"seed": self.seed, "device": self.device}
         names = (
             "gan_steps", "gan_epochs", "task_epochs", "task_min_steps", "coevolve_steps",
@@ -124,6 +133,9 @@ class RoundConfig:
         run = preset(self.preset, image_shape, num_classes, **overrides)
         if self.noise_skips:
             run = dataclasses.replace(run, model=dataclasses.replace(run.model, noise_skips=True))
+        if self.d1_input == "embedding" and embedding_dim:
+            model = dataclasses.replace(run.model, embedding_dim=int(embedding_dim))
+            run = dataclasses.replace(run, model=model)
         return run
 
     def budget_count(self, real_rows: int) -> int:

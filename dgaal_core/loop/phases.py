@@ -18,7 +18,7 @@ from dgaal_core.loop.config import RoundConfig, check_budget
 from dgaal_core.loop.context import RoundContext
 from dgaal_core.loop.oracle import simulated_answers, write_query_package
 from dgaal_core.loop.serving import Embedder, Exporter, ExportRequest, ServedModels
-from dgaal_core.loop.sources import PoolSource, pool_source
+from dgaal_core.loop.sources import PoolSource, d1_scale, d1_source
 from dgaal_core.loop.state import (
     PendingRound,
     Phase,
@@ -29,7 +29,7 @@ from dgaal_core.loop.state import (
     total_queries,
 )
 from dgaal_core.loop.strategies import Need
-from dgaal_core.loop.task_models import CnnTask, TaskModel, fit_task
+from dgaal_core.loop.task_models import CnnTask, TaskModel, fit_task, require_embeddings
 from dgaal_core.loop.workdir import (
     CHECKPOINT_FILE,
     QUERIES_DIR,
@@ -89,7 +89,10 @@ class RoundJob:
     def run_config(self, reader: PoolReader) -> RunConfig:
         """The models' configuration for this pool (the preset plus the round's overrides)."""
         if self._run is None:
-            self._run = self.config.run_config(reader.image_shape, reader.num_classes)
+            c = self.config
+            emb = require_embeddings(reader, c.task_model, c.strategy, c.d1_input)
+            dim = emb.dim if emb is not None and c.d1_input == "embedding" else 0
+            self._run = c.run_config(reader.image_shape, reader.num_classes, dim)
         return self._run
 
     def _save(self, name: str, trainer: DGAALTrainer, task: TaskModel | None = None) -> None:
@@ -123,7 +126,7 @@ class RoundJob:
                 self.log(f"warm start from {prev}")
                 return trainer_from_checkpoint(ckpt, train_config=run.train, rng=False)
             self.log(f"not warm-starting: {prev} was made with another model config")
-        return DGAALTrainer.create(run)
+        return DGAALTrainer.create(run, scale=d1_scale(reader, run.model.embedding_dim))
 
     def train(self, reader: PoolReader) -> DGAALTrainer:
         """Algorithm 1, or (the paper's loop) the D1 that co-evolution left in round n-1."""
@@ -137,9 +140,10 @@ class RoundJob:
             if needs_gan:
                 real = reader.ids(origin=Origin.REAL)
                 real = real[reader.states[real] != State.EXCLUDED]
+                dim = trainer.model_config.embedding_dim
                 trainer.train_gan(
-                    pool_source(reader, State.LABELLED),
-                    pool_source(reader, State.UNLABELLED),
+                    d1_source(reader, State.LABELLED, dim),
+                    d1_source(reader, State.UNLABELLED, dim),
                     real=PoolSource(reader, real),
                     progress=self.progress,
                 )
@@ -152,8 +156,8 @@ class RoundJob:
         """The sampler and generator exported to ONNX and served (once per run)."""
         if self._served is None:
             t0 = time.perf_counter()
-            mc = trainer.model_config
-            run = self._run or self.config.run_config(mc.image_shape, mc.num_classes)
+            mc, c = trainer.model_config, self.config
+            run = self._run or c.run_config(mc.image_shape, mc.num_classes, mc.embedding_dim)
             request = ExportRequest(
                 trainer.models, run, self.rdir, self.n, self.pool_path, self.config.noise_spread
             )
@@ -282,9 +286,10 @@ class RoundJob:
         trainer = trainer_from_checkpoint(load_checkpoint(self.rdir / TRAINED_FILE))
         if self.strategy.coevolve:
             t0 = time.perf_counter()
+            dim = trainer.model_config.embedding_dim
             with PoolReader(self.pool_path) as r:
-                labelled = pool_source(r, State.LABELLED)
-                candidates = pool_source(r, State.UNLABELLED)
+                labelled = d1_source(r, State.LABELLED, dim)
+                candidates = d1_source(r, State.UNLABELLED, dim)
                 if len(labelled) and len(candidates):
                     trainer.co_evolve_d1(labelled, candidates, progress=self.progress)
                 else:

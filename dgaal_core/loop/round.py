@@ -155,7 +155,7 @@ class Round:
                 with PoolReader(self.pool_path) as r:  # bad settings: refused before any write
                     r.check_shards()  # a missing test shard would otherwise surface at the end
                     check_budget(config, r)
-                    require_embeddings(r, config.task_model, config.strategy)
+                    require_embeddings(r, config.task_model, config.strategy, config.d1_input)
                     run = job.run_config(r)
                 job.embed_new_rows()
                 resolve_device(run.train.device)  # --device cuda without a GPU

@@ -6,9 +6,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from dgaal_core.model.data import to_model_input
+from dgaal_core.errors import PoolFormatError
+from dgaal_core.model.data import DataSource, EmbeddedSource, to_model_input
 from dgaal_core.model.networks import ConvClassifier
 from dgaal_core.model.training import resolve_device
+from dgaal_core.pool.embeddings import Embeddings, open_embeddings
 from dgaal_core.pool.reader import PoolReader
 from dgaal_core.pool.schema import State
 
@@ -78,3 +80,29 @@ def pool_source(reader: PoolReader, state: State, *, labels: bool = False) -> Po
     """The rows of ``reader`` in ``state`` (with their revealed labels when ``labels``)."""
     ids = reader.ids(state)
     return PoolSource(reader, ids, reader.labels[ids] if labels else None)
+
+
+def _embeddings(reader: PoolReader, embedding_dim: int) -> Embeddings:
+    emb = open_embeddings(reader.path)
+    if emb is None or emb.dim != embedding_dim:
+        have = "none" if emb is None else f"{emb.dim}-d ones"
+        raise PoolFormatError(
+            f"{reader.path}: D1 reads {embedding_dim}-d embeddings and the pool has {have}; "
+            "run `dgaal pool embed` again, or start a new run with --d1-input image"
+        )
+    return emb
+
+
+def d1_source(reader: PoolReader, state: State, embedding_dim: int) -> DataSource:
+    """The rows D1 trains on in ``state``: with their stored embeddings when D1 reads those
+    (``embedding_dim > 0``), else as :func:`pool_source`."""
+    source = pool_source(reader, state)
+    if not embedding_dim:
+        return source
+    return EmbeddedSource(source, _embeddings(reader, embedding_dim).pool(source.ids))
+
+
+def d1_scale(reader: PoolReader, embedding_dim: int) -> np.ndarray | None:
+    """The embeddings of every pool row, which D1's projection is standardised on when new;
+    None when D1 reads G1's latent."""
+    return _embeddings(reader, embedding_dim).split("pool") if embedding_dim else None

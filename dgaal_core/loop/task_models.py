@@ -116,13 +116,16 @@ def metrics_of(probs: np.ndarray, y: np.ndarray, num_classes: int) -> TaskMetric
 
 
 def require_embeddings(
-    reader: PoolReader, task_model: str, strategy: str | None = None
+    reader: PoolReader, task_model: str, strategy: str | None = None, d1_input: str = "image"
 ) -> Embeddings | None:
-    """The pool's embeddings when T (``task_model``) or ``strategy`` needs them, a one-line
-    error naming what needs them when the pool has none; None when nothing needs them."""
+    """The pool's embeddings when T (``task_model``), ``strategy`` or D1 (``d1_input``) needs
+    them, a one-line error naming what needs them when the pool has none; None when nothing
+    needs them."""
     picker = None if strategy is None else get_strategy(strategy)
     picks = picker is not None and Need.EMBEDDINGS in picker.needs(picker.defaults)
-    if task_model == "cnn" and not picks:
+    trains_d1 = picker is None or Need.GAN in picker.needs(picker.defaults)
+    d1_reads = d1_input == "embedding" and trains_d1
+    if task_model == "cnn" and not picks and not d1_reads:
         return None
     emb = open_embeddings(reader.path)
     if emb is None:
@@ -130,6 +133,8 @@ def require_embeddings(
             f"--task-model {task_model} trains T on the pool's embeddings"
             if task_model != "cnn"
             else f"strategy '{strategy}' picks on the pool's embeddings"
+            if picks
+            else "--d1-input embedding has D1 read the pool's embeddings"
         )
         raise ConfigError(
             f"{what}, and {reader.path} has none; run `dgaal pool embed {reader.path} "
