@@ -242,10 +242,11 @@ TaskModelOpt = Annotated[
 D1InputOpt = Annotated[
     str,
     typer.Option(
-        help="What D1 tells labelled from unlabelled on: image (G1's latent, the paper) | "
-        "embedding (a trained projection of the pool's embeddings, with the encoder merged into "
-        "the exported sampler: run `dgaal pool embed` first).",
-        callback=_one_of("--d1-input", ("image", "embedding")),
+        help="What D1 tells labelled from unlabelled on: auto (embedding when the pool has "
+        "embeddings, else image) | image (G1's latent, the paper) | embedding (a trained "
+        "projection of the pool's embeddings, with the encoder merged into the exported "
+        "sampler: run `dgaal pool embed` first).",
+        callback=_one_of("--d1-input", ("auto", "image", "embedding")),
     ),
 ]
 PmseWeightOpt = Annotated[float | None, typer.Option(help="lambda of Eq. 8 (preset: 0.1).")]

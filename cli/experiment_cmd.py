@@ -101,7 +101,7 @@ def experiment_command(
     noise_skips: NoiseSkipsOpt = False,
     depth_limit: DepthLimitOpt = 2,
     task_model: TaskModelOpt = "cnn",
-    d1_input: D1InputOpt = "image",
+    d1_input: D1InputOpt = "auto",
     device: DeviceOpt = "auto",
     provider: ProviderOpt = "auto",
     report: Annotated[

@@ -124,7 +124,7 @@ def round_command(
         float, typer.Option(help="Share of x_g that joins the labelled set directly (sec. 4.3.2).")
     ] = 0.0,
     task_model: TaskModelOpt = "cnn",
-    d1_input: D1InputOpt = "image",
+    d1_input: D1InputOpt = "auto",
     workdir: WorkdirOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
     engine: EngineOpt = EngineName.local,

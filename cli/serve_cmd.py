@@ -14,6 +14,7 @@ from dgaal_core.errors import DgaalError
 
 from .common import (
     CoevolveStepsOpt,
+    D1InputOpt,
     DeviceOpt,
     GanStepsOpt,
     PoolOpt,
@@ -78,6 +79,7 @@ def label_studio(
     task_min_steps: TaskMinStepsOpt = None,
     coevolve_steps: CoevolveStepsOpt = None,
     task_model: TaskModelOpt = "cnn",
+    d1_input: D1InputOpt = "auto",
     workdir: WorkdirOpt = None,
 ) -> None:
     """Run rounds as Label Studio annotations arrive: an ML backend (/health, /setup,
@@ -101,6 +103,7 @@ def label_studio(
             strategy=strategy, budget=parse_size(budget, "--budget"), oracle="human",
             preset=preset, seed=seed, device=device, gan_steps=gan_steps, task_epochs=task_epochs,
             task_min_steps=task_min_steps, coevolve_steps=coevolve_steps, task_model=task_model,
+            d1_input=d1_input,
         )  # fmt: skip
     except ValueError as e:
         raise DgaalError(str(e)) from None

@@ -14,6 +14,8 @@ from pools import assert_one_line_error, cli
 from test_embeddings import TINY, flat_encoder, float_encoder
 from test_training import blobs, small_run
 
+from dgaal_core.loop.config import RoundConfig
+from dgaal_core.loop.state import round_records
 from dgaal_core.loop.workdir import round_dir, work_dir
 from dgaal_core.model.checkpoint import load_checkpoint, trainer_from_checkpoint
 from dgaal_core.model.config import ModelConfig
@@ -75,9 +77,11 @@ def test_d1_separates_pools_that_differ_only_in_their_embeddings() -> None:
 def test_a_round_with_d1_on_embeddings_exports_one_sampler_file(
     embedded: Path, tmp_path: Path
 ) -> None:
-    args = ["--d1-input", "embedding", "--task-model", "linear", "--budget", "40", *TINY]
-    ran = cli("round", "--pool", embedded, *args)
-    assert ran.code == 0, ran
+    args = ["--task-model", "linear", "--budget", "40", *TINY]
+    ran = cli("round", "--pool", embedded, *args)  # --d1-input auto: the pool has embeddings
+    assert ran.code == 0 and "D1 reads" in ran.stdout + ran.stderr, ran
+    with PoolReader(embedded) as r:
+        assert round_records(r)[-1].config.d1_input == "embedding"  # recorded as resolved
     rdir = round_dir(work_dir(embedded), 1)
     sampler, head = rdir / names.SAMPLER_FILE, rdir / names.SAMPLER_HEAD_FILE
     meta = {p.key: p.value for p in onnx.load(str(sampler)).metadata_props}
@@ -97,7 +101,7 @@ def test_a_round_with_d1_on_embeddings_exports_one_sampler_file(
     np.testing.assert_allclose(z_one, z_head, atol=2e-2)
     assert z_one.shape == (300, ModelConfig.from_dict(ckpt["config"]["model"]).latent_dim)
     # the next round warm-starts from this one: P kept as it is, D1 co-evolved (Eq. 9)
-    ran = cli("round", "--pool", embedded, *args)
+    ran = cli("round", "--pool", embedded, "--d1-input", "embedding", *args)
     assert ran.code == 0, ran
     after = load_checkpoint(round_dir(work_dir(embedded), 2) / "checkpoint.pt")["models"]
     assert all(torch.equal(v, ckpt["models"]["proj"][k]) for k, v in after["proj"].items())
@@ -114,6 +118,16 @@ def test_a_round_with_d1_on_embeddings_exports_one_sampler_file(
         ref = m.d1.eval()(m.proj.eval()(e)).numpy()
     np.testing.assert_allclose(s_again, ref, atol=2e-3)
     assert np.abs(s_again - s_one).max() > 1e-4  # co-evolution moved D1 after the selection
+
+
+def test_auto_reads_embeddings_only_where_the_pool_has_them() -> None:
+    assert RoundConfig().d1_input == "auto"
+    assert RoundConfig().with_d1_input(True).d1_input == "embedding"
+    assert RoundConfig().with_d1_input(False).d1_input == "image"
+    assert RoundConfig(d1_input="image").with_d1_input(True).d1_input == "image"
+    # a round recorded before the setting existed read G1's latent
+    old = {k: v for k, v in RoundConfig().to_dict().items() if k != "d1_input"}
+    assert RoundConfig.from_dict(old).d1_input == "image"
 
 
 def test_d1_on_embeddings_needs_them_and_says_so_before_writing(tmp_path: Path) -> None:

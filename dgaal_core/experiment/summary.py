@@ -44,6 +44,7 @@ def _settings_lines(results: Results) -> list[str]:
         f"{', '.join(map(str, cfg['seeds']))}; preset `{r['preset']}`"
         + (f" ({steps})" if steps else "")
         + (f"; T `{r['task_model']}`" if r.get("task_model") not in (None, "cnn") else "")
+        + (f"; D1 input `{r['d1_input']}`" if r.get("d1_input") not in (None, "image") else "")
         + ".",
     ]
 

@@ -24,7 +24,9 @@ if TYPE_CHECKING:
     from dgaal_core.pool.reader import PoolReader
 
 TASK_MODELS = ("cnn", "linear", "linear-ssl")  # dgaal_core.loop.task_models (torch-free here)
-D1_INPUTS = ("image", "embedding")  # what D1 reads: G1's latent, or a projection of embeddings
+# what D1 reads: G1's latent, or a projection of the pool's embeddings; "auto": the embeddings
+# when the pool has them (resolved, and recorded, when a round starts: Round.run)
+D1_INPUTS = ("auto", "image", "embedding")
 
 # Fields of earlier versions that did nothing (scoring batches come from the provider):
 # accepted in stored records, and dropped.
@@ -59,7 +61,8 @@ class RoundConfig:
     noise_skips: bool = False  # the noise head also scales the U-Net's skips (ModelConfig)
     take_all: bool = False  # a budget above the candidates left takes them all (else refused)
     task_model: str = "cnn"  # T: "cnn" on the pixels; "linear" / "linear-ssl" on the embeddings
-    d1_input: str = "image"  # D1 reads G1(x) (the paper), or "embedding": P(the pool's embedding)
+    d1_input: str = "auto"  # D1 reads "image": G1(x) (the paper), "embedding": P(the pool's
+    # embedding), "auto": "embedding" on a pool with embeddings, else "image"
 
     def __post_init__(self) -> None:
         strategy(self.strategy)  # ConfigError (a ValueError) on an unknown name
@@ -114,7 +117,16 @@ class RoundConfig:
         unknown = sorted(set(data) - names)
         if unknown:
             raise ConfigError(f"RoundConfig: unknown field(s) {unknown}")
+        data.setdefault("d1_input", "image")  # what every round before the field did
         return cls(**data)
+
+    def with_d1_input(self, pool_has_embeddings: bool) -> RoundConfig:
+        """This config with ``d1_input="auto"`` resolved for a pool (others as they are)."""
+        if self.d1_input != "auto":
+            return self
+        return dataclasses.replace(
+            self, d1_input="embedding" if pool_has_embeddings else "image"
+        )  # fmt: skip
 
     def run_config(
         self, image_shape: tuple[int, int, int], num_classes: int, embedding_dim: int = 0

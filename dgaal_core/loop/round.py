@@ -151,6 +151,7 @@ class Round:
             else:
                 with PoolReader(self.pool_path) as r:
                     config = self._cold_start(r, n)
+                config = self._d1_input(config)
                 pending, job = None, self._job(w, n, config)
                 with PoolReader(self.pool_path) as r:  # bad settings: refused before any write
                     r.check_shards()  # a missing test shard would otherwise surface at the end
@@ -191,6 +192,17 @@ class Round:
             config, strategy=cold, shortlist=None, task_weight=None, generated_cap=None,
             retrain_gan=None,
         )  # fmt: skip
+
+    def _d1_input(self, config: RoundConfig) -> RoundConfig:
+        """``--d1-input auto`` made concrete for this pool (one line when it picks embeddings)."""
+        resolved = config.with_d1_input(open_embeddings(self.pool_path) is not None)
+        if config.d1_input == "auto" and resolved.d1_input == "embedding":
+            if Need.GAN in resolved.strategy_object.needs(resolved.selection()):
+                self.log(
+                    f"D1 reads {self.pool_path}'s embeddings (--d1-input auto; "
+                    "--d1-input image for the paper's D1 on G1's latent)"
+                )
+        return resolved
 
     def _job(self, writer: PoolWriter, n: int, config: RoundConfig) -> RoundJob:
         return RoundJob(
