@@ -119,6 +119,12 @@ def export(
         human_bytes(report.sampler.stat().st_size),
         f"score diff {sp.score_max_abs_diff:.1e}, lowest {sp.selected} of {sp.images} same",
     )
+    if report.sampler_head is not None:
+        table.add_row(
+            str(report.sampler_head),
+            human_bytes(report.sampler_head.stat().st_size),
+            "P + D1 on stored embeddings; the sampler above contains it and the encoder",
+        )
     table.add_row(
         str(report.generator),
         human_bytes(report.generator.stat().st_size),

@@ -191,6 +191,13 @@ def _export_round(
     seed: int,
 ) -> ExportReport:
     start = time.perf_counter()
+    if models.proj is not None and (int8 or fp16):  # refused before anything is written
+        option = "--int8" if int8 else "--fp16"
+        raise ModelFileError(
+            f"{option}: {models.source} has D1 on the pool's embeddings, and a sampler that "
+            "contains the encoder has no int8 or fp16 variant yet; export it without "
+            "--int8/--fp16"
+        )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".export-", dir=out_dir) as tmp_name:
@@ -198,11 +205,6 @@ def _export_round(
         s_path, g_path = tmp / names.SAMPLER_FILE, tmp / names.GENERATOR_FILE
         head = None
         if models.proj is not None:  # one file: the pool's encoder + P + D1
-            if int8 or fp16:
-                raise ModelFileError(
-                    "int8 and fp16 variants of a sampler that contains the encoder are not "
-                    "supported yet; export it without --int8/--fp16"
-                )
             from .embedding_sampler import export_embedding_sampler
 
             assert models.encoder is not None

@@ -118,6 +118,10 @@ def test_a_round_with_d1_on_embeddings_exports_one_sampler_file(
         ref = m.d1.eval()(m.proj.eval()(e)).numpy()
     np.testing.assert_allclose(s_again, ref, atol=2e-3)
     assert np.abs(s_again - s_one).max() > 1e-4  # co-evolution moved D1 after the selection
+    assert (out / names.SAMPLER_HEAD_FILE).is_file() and "P + D1" in ran.stdout
+    ran = cli("export", "--pool", embedded, "--round", "1", "--out", tmp_path / "x8", "--int8")
+    assert_one_line_error(ran, "--int8", "no int8 or fp16 variant", code=2)
+    assert not (tmp_path / "x8").exists()
 
 
 def test_auto_reads_embeddings_only_where_the_pool_has_them() -> None:
