@@ -106,19 +106,28 @@ class EmbeddingServed:
         self.head, self.inner = head, inner
         self.sampler, self.generator = inner.sampler, inner.generator
 
-    def _outputs(self, pool_path: Path, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    chunk = 65_536  # rows of embeddings read at a time (1280-d float16: 160 MiB)
+
+    def _outputs(self, pool_path: Path, ids: np.ndarray, which: int) -> np.ndarray:
         emb = open_embeddings(pool_path)
         if emb is None:
             raise PoolFormatError(f"{pool_path}: D1 reads the pool's embeddings, and it has none")
-        return self.head.score(emb.pool(np.asarray(ids, dtype=np.int64)))
+        ids = np.asarray(ids, dtype=np.int64)
+        parts = [
+            self.head.score(emb.pool(ids[i : i + self.chunk]))[which]
+            for i in range(0, ids.size, self.chunk)
+        ]
+        if not parts:
+            return self.head.score(emb.pool(ids))[which]
+        return np.concatenate(parts)
 
     def score_pool(self, pool_path: Path, ids: np.ndarray) -> np.ndarray:
         """D1(P(e)) for ``ids``, in the order given."""
-        return self._outputs(pool_path, ids)[0]
+        return self._outputs(pool_path, ids, 0)
 
     def latents(self, pool_path: Path, ids: np.ndarray) -> np.ndarray:
         """P(e) for ``ids``, in the order given."""
-        return self._outputs(pool_path, ids)[1]
+        return self._outputs(pool_path, ids, 1)
 
     def generate(self, images: np.ndarray, seed: int) -> np.ndarray:
         """G(x), as ``inner`` makes it."""

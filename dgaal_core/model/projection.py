@@ -32,11 +32,18 @@ class EmbeddingProjection(nn.Module):
             nn.Linear(embedding_dim, hidden), nn.ReLU(), nn.Linear(hidden, z_dim)
         )  # fmt: skip
 
-    def fit_scale(self, embeddings: np.ndarray) -> None:
-        """Set the standardisation from ``embeddings`` [N, D] (a floor keeps dead features at 1)."""
-        x = np.asarray(embeddings, dtype=np.float64)
-        std = x.std(axis=0)
-        self.mean.copy_(torch.from_numpy(x.mean(axis=0)).float())
+    def fit_scale(self, embeddings: np.ndarray, chunk: int = 65_536) -> None:
+        """Set the standardisation from ``embeddings`` [N, D] (a floor keeps dead features at 1).
+        Summed in float64 ``chunk`` rows at a time, so a large pool is never copied whole."""
+        n, total, squares = 0, 0.0, 0.0
+        for i in range(0, embeddings.shape[0], chunk):
+            x = np.asarray(embeddings[i : i + chunk], dtype=np.float64)
+            n, total, squares = n + x.shape[0], total + x.sum(0), squares + (x * x).sum(0)
+        if n == 0:
+            raise ValueError("fit_scale: no embeddings to standardise on")
+        mean = np.asarray(total) / n
+        std = np.sqrt(np.maximum(np.asarray(squares) / n - mean * mean, 0.0))
+        self.mean.copy_(torch.from_numpy(mean).float())
         self.std.copy_(torch.from_numpy(np.where(std > 1e-6, std, 1.0)).float())
 
     def forward(self, e: torch.Tensor) -> torch.Tensor:
