@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+
+from dgaal_core.errors import DgaalError
 
 from .common import (
     AddressOpt,
@@ -36,14 +38,35 @@ def _numbers(value: str | None, option: str) -> tuple[float, ...] | None:
 def embed(
     pool: PoolArg,
     model: Annotated[
-        Path,
+        Path | None,
         typer.Option(
             "--model",
             help="ONNX image encoder: uint8 NHWC or float NCHW images in, (N, D) or "
             "(N, D, 1, 1) out.",
             show_default=False,
         ),
-    ],
+    ] = None,
+    train: Annotated[
+        bool,
+        typer.Option(
+            "--train",
+            help="No encoder at hand: train one on the pool's own images (SimCLR, CPU-sized), "
+            "instead of --model.",
+        ),
+    ] = False,
+    steps: Annotated[
+        int, typer.Option("--steps", min=1, help="--train: SimCLR steps of 256 images.")
+    ] = 1000,
+    minutes: Annotated[
+        float | None,
+        typer.Option(
+            "--minutes",
+            help="--train: stop after this many minutes even if --steps are not done "
+            "(then the result depends on the machine's speed).",
+            show_default=False,
+        ),
+    ] = None,
+    seed: Annotated[int, typer.Option("--seed", help="--train: seed of every random choice.")] = 0,
     size: Annotated[
         int | None,
         typer.Option(
@@ -94,6 +117,19 @@ def embed(
 
     from .progress import StageProgress
 
+    if (model is None) == (not train):
+        raise DgaalError("give --model ENCODER.onnx, or --train to train one on the pool")
+    if train:
+        given = [o for o, v in (("--size", size), ("--mean", mean), ("--std", std),
+                                ("--layout", layout)) if v is not None]  # fmt: skip
+        if given:
+            raise DgaalError(
+                f"{given[0]}: not with --train (the trained encoder takes the pool's pixels)"
+            )
+        if minutes is not None and not minutes > 0:
+            raise DgaalError(f"--minutes {minutes:g}: expected a number of minutes > 0")
+        _train(pool, steps, minutes, seed, provider, batch_size, engine, address, workers)
+        return
     if layout is not None and layout not in ("nhwc", "nchw"):
         raise typer.BadParameter(f"expected nhwc or nchw, got {layout!r}", param_hint="--layout")
     spec = InputSpec(
@@ -109,8 +145,32 @@ def embed(
             pool, model, spec=spec, provider=provider, batch_size=batch_size, progress=report,
             ray=ray,
         )  # fmt: skip
+    _say(pool, manifest, rows, t0)
+
+
+def _say(pool: Path, manifest: Any, rows: int, t0: float) -> None:
     typer.echo(
         f"embedded {rows} images of {pool} ({manifest.rows('pool')} pool, "
         f"{manifest.rows('test')} test) as {manifest.dim}-d vectors with "
         f"{manifest.encoder.get('name')} in {time.perf_counter() - t0:.1f} s"
     )
+
+
+def _train(
+    pool: Path, steps: int, minutes: float | None, seed: int, provider: str,
+    batch_size: int | None, engine: EngineName, address: str | None, workers: int | None,
+) -> None:  # fmt: skip
+    from dgaal_core.model.ssl import SSLConfig
+    from export.ssl_encoder import train_and_embed
+
+    from .progress import StageProgress
+
+    ray = ray_options(engine, address, workers, provider, batch_size)
+    config = SSLConfig(steps=steps, minutes=minutes, seed=seed)
+    t0 = time.perf_counter()
+    with StageProgress() as report:
+        manifest, rows, _ = train_and_embed(
+            pool, config, provider=provider, batch_size=batch_size, progress=report, ray=ray,
+            log=typer.echo,
+        )  # fmt: skip
+    _say(pool, manifest, rows, t0)
