@@ -86,11 +86,40 @@ def _floor_text(floor: dict | None, seeds: int) -> str:
     )
 
 
-def embed_source(pool: Path, encoder: str, cache: Path) -> dict | None:
+def train_encoder(pool: Path, steps: int) -> dict:
+    """``dgaal pool embed --train --steps STEPS`` on ``pool`` unless its embeddings already come
+    from that training (both cores for the training: the runs after it use one)."""
+    import torch
+
+    from dgaal_core.model.ssl import SSLConfig
+    from dgaal_core.pool.embeddings import read_manifest
+    from export.ssl_encoder import train_and_embed
+
+    manifest = read_manifest(pool)
+    name = "" if manifest is None else str(manifest.encoder.get("name"))
+    seconds = None
+    if not name.startswith(f"dgaal-simclr-w32 ({steps} steps on {pool.name}, seed 0)"):
+        threads = torch.get_num_threads()
+        torch.set_num_threads(os.cpu_count() or 1)
+        t0 = time.perf_counter()
+        try:
+            manifest, _, _ = train_and_embed(pool, SSLConfig(steps=steps), provider="cpu")
+        finally:
+            torch.set_num_threads(threads)
+        seconds = round(time.perf_counter() - t0, 1)
+        print(f"trained and embedded {pool} in {seconds} s", flush=True)
+    assert manifest is not None
+    return {"name": manifest.encoder.get("name"), "sha256": manifest.encoder["sha256"],
+            "dim": manifest.dim, "train_and_embed_seconds": seconds}  # fmt: skip
+
+
+def embed_source(pool: Path, encoder: str, cache: Path, ssl_steps: int = 1000) -> dict | None:
     """Embed ``pool`` with ``encoder`` unless it already is (the run pools copy the source's
     embeddings); returns what the results record about it."""
     if encoder == "none":
         return None
+    if encoder == "pool":
+        return train_encoder(pool, ssl_steps)
     from encoders import mobilenetv2_onnx
 
     from dgaal_core.pool.embeddings import read_manifest
@@ -134,10 +163,12 @@ def main() -> None:
     ap.add_argument(
         "--encoder",
         default="none",
-        choices=("none", "mobilenetv2"),
-        help="embed the pool first (mobilenetv2: the ImageNet MobileNetV2 of encoders.py); "
+        choices=("none", "mobilenetv2", "pool"),
+        help="embed the pool first (mobilenetv2: the ImageNet MobileNetV2 of encoders.py; "
+        "pool: SimCLR trained on the pool, `dgaal pool embed --train`); "
         "with --setting task_model='\"linear\"' T is a head on these embeddings",
     )
+    ap.add_argument("--ssl-steps", type=int, default=1000, help="--encoder pool: SimCLR steps")
     ap.add_argument("--measure", action="store_true", help="time one DGAAL run and stop")
     ap.add_argument(
         "--no-floor", action="store_true", help="skip T's noise floor (see task_noise.py instead)"
@@ -148,7 +179,7 @@ def main() -> None:
     source = make_pool(
         args.work / f"{args.data}-{args.split}.h5", source_for(args.data, args.split, args.cache)
     )
-    embedded = embed_source(source, args.encoder, args.cache)
+    embedded = embed_source(source, args.encoder, args.cache, args.ssl_steps)
     settings = {k: json.loads(v) for k, v in (x.split("=", 1) for x in args.setting)}
     config = ExperimentConfig(
         strategies=("dgaal",) if args.measure else parse_list(args.strategies),
