@@ -113,7 +113,7 @@ def train_encoder(pool: Path, steps: int) -> dict:
             "dim": manifest.dim, "train_and_embed_seconds": seconds}  # fmt: skip
 
 
-def embed_source(pool: Path, encoder: str, cache: Path, ssl_steps: int = 1000) -> dict | None:
+def embed_source(pool: Path, encoder: str, cache: Path, ssl_steps: int = 1500) -> dict | None:
     """Embed ``pool`` with ``encoder`` unless it already is (the run pools copy the source's
     embeddings); returns what the results record about it."""
     if encoder == "none":
@@ -168,7 +168,7 @@ def main() -> None:
         "pool: SimCLR trained on the pool, `dgaal pool embed --train`); "
         "with --setting task_model='\"linear\"' T is a head on these embeddings",
     )
-    ap.add_argument("--ssl-steps", type=int, default=1000, help="--encoder pool: SimCLR steps")
+    ap.add_argument("--ssl-steps", type=int, default=1500, help="--encoder pool: SimCLR steps")
     ap.add_argument("--measure", action="store_true", help="time one DGAAL run and stop")
     ap.add_argument(
         "--no-floor", action="store_true", help="skip T's noise floor (see task_noise.py instead)"

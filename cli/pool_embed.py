@@ -56,7 +56,7 @@ def embed(
     ] = False,
     steps: Annotated[
         int, typer.Option("--steps", min=1, help="--train: SimCLR steps of 256 images.")
-    ] = 1000,
+    ] = 1500,
     minutes: Annotated[
         float | None,
         typer.Option(

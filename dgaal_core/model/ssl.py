@@ -39,7 +39,7 @@ PIXEL_MEAN, PIXEL_STD = 0.5, 0.25  # the encoder's own normalisation of [0, 1] p
 class SSLConfig:
     """How :func:`train_ssl_encoder` trains."""
 
-    steps: int = 1000
+    steps: int = 1500
     minutes: float | None = None  # stop earlier once this much time has passed
     batch_size: int = 256
     width: int = 32
