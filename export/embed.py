@@ -121,6 +121,18 @@ def embed_pool(
         )
 
 
+def kept_encoder(pool_path: Path, manifest: Manifest, why: str) -> Path:
+    """The encoder file the pool's embeddings were made with, checked against its SHA-256; one
+    line (``why`` says what it is needed for) when it is missing or changed."""
+    encoder = embed_dir(pool_path) / str(manifest.encoder["file"])
+    if not encoder.is_file() or file_sha256(encoder) != manifest.encoder["sha256"]:
+        raise PoolFormatError(
+            f"{pool_path}: damaged embeddings: the encoder {encoder} is missing or changed, so "
+            f"{why}; run `dgaal pool embed` again"
+        )
+    return encoder
+
+
 def catch_up(pool_path: str | Path, *, provider: str = "auto", progress: Progress = silent) -> int:
     """Embed the rows that joined the pool since its embeddings were made, with the encoder they
     were made with; nothing when the pool has no embeddings. The caller holds the writer lock
@@ -132,12 +144,9 @@ def catch_up(pool_path: str | Path, *, provider: str = "auto", progress: Progres
     with PoolReader(pool_path) as r:
         if manifest.rows("pool") == r.num_rows and manifest.rows("test") == r.num_test:
             return 0
-    encoder = embed_dir(pool_path) / str(manifest.encoder["file"])
-    if not encoder.is_file() or file_sha256(encoder) != manifest.encoder["sha256"]:
-        raise PoolFormatError(
-            f"{pool_path}: damaged embeddings: the encoder {encoder} is missing or changed, so "
-            "the rows that joined cannot be embedded like the others; run `dgaal pool embed` again"
-        )
+    encoder = kept_encoder(
+        pool_path, manifest, "the rows that joined cannot be embedded like the others"
+    )
     spec = InputSpec.from_dict(manifest.encoder.get("input") or {})
     session = EncoderSession(encoder, provider, spec=spec)
     _, done = _write(

@@ -43,9 +43,8 @@ from dgaal_core.model.projection import EmbeddingProjection
 from . import names
 from .encoder import EncoderSession, InputSpec
 from .errors import ExportParityError, ModelMismatchError
-from .metadata import model_metadata, set_metadata
-from .onnx_export import SamplerParity, bake_parametrizations
-from .runtime import select_lowest
+from .metadata import model_metadata
+from .onnx_export import SamplerParity, _finish, _torch_export, fresh_d1, same_selection
 from .sessions import ModelSession
 
 EMBEDDINGS = "embeddings"  # the head's input
@@ -126,19 +125,6 @@ def _opset(model: onnx.ModelProto) -> int:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
-def _export(module: nn.Module, example: torch.Tensor, path: Path, inp: str, out: tuple[str, ...]):
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
-        torch.onnx.export(
-            module, (example,), str(path), dynamo=False, input_names=[inp],
-            output_names=list(out), dynamic_axes={inp: {0: names.BATCH}} | {
-                o: {0: names.BATCH} for o in out
-            }, opset_version=names.OPSET,
-        )  # fmt: skip
-
-
 def _fit(model: onnx.ModelProto, opset: int, ir_version: int) -> onnx.ModelProto:
     """``model`` at the encoder's opset and IR version, which ``onnx.compose`` needs to merge."""
     if _opset(model) != opset:
@@ -193,18 +179,6 @@ def _parity_error(paths: tuple[Path, ...], message: str) -> ExportParityError:
     return ExportParityError(f"{paths[0]}: parity check failed: {message}")
 
 
-def _check_selection(ref: np.ndarray, got: np.ndarray, atol: float) -> tuple[int, bool] | str:
-    ids = np.arange(ref.size)
-    n = max(1, round(0.1 * ids.size))
-    want, have = select_lowest(ids, ref, n), select_lowest(ids, got, n)
-    same = set(want.tolist()) == set(have.tolist())
-    if not same:
-        swapped = np.array(sorted(set(want.tolist()) ^ set(have.tolist())))
-        if np.any(np.abs(ref[swapped] - ref[want[-1]]) > atol):
-            return f"the lowest {n} scores select different ids"
-    return n, same
-
-
 def export_embedding_sampler(
     proj: EmbeddingProjection,
     d1: LatentDiscriminator,
@@ -230,30 +204,28 @@ def export_embedding_sampler(
             f"{encoder_path}: gives {dim}-d embeddings; D1 was trained on "
             f"{config.embedding_dim}-d ones"
         )
-    fresh_p = EmbeddingProjection(config.embedding_dim, config.latent_dim, config.d1_hidden)
+    fresh_p = EmbeddingProjection.for_config(config)
     fresh_p.load_state_dict({k: v.detach().cpu() for k, v in proj.state_dict().items()})
-    fresh_d = LatentDiscriminator(config.latent_dim, config.d1_hidden)
-    fresh_d.load_state_dict({k: v.detach().cpu() for k, v in d1.state_dict().items()})
-    head = HeadGraph(fresh_p.eval(), bake_parametrizations(fresh_d).eval()).eval()  # type: ignore[arg-type]
+    head = HeadGraph(fresh_p.eval(), fresh_d1(d1, config)).eval()
     pre = PixelsToEncoder(session, config.image_shape).eval()
     meta = model_metadata(config, names.KIND_SAMPLER, round_index, 0)
     meta[names.META_D1_INPUT] = "embedding"
     meta[names.META_ENCODER] = encoder_name or session.name
     with tempfile.TemporaryDirectory(prefix=".head-", dir=sampler_path.parent) as tmp:
         pre_path, h_path = Path(tmp) / "pre.onnx", Path(tmp) / "head.onnx"
-        _export(pre, torch.from_numpy(parity_images[:2]), pre_path, names.IMAGES, ("pre_out",))
+        example = torch.from_numpy(np.ascontiguousarray(parity_images[:2]))
+        _torch_export(pre, (example,), pre_path, (names.IMAGES,), ("pre_out",), False, ("pre_out",))
         flat = torch.from_numpy(raw.reshape(raw.shape[0], -1).astype(np.float32))
-        _export(head, flat, h_path, EMBEDDINGS, names.SAMPLER_OUTPUTS)
+        _torch_export(
+            head, (flat,), h_path, (EMBEDDINGS,), names.SAMPLER_OUTPUTS, False, (EMBEDDINGS,)
+        )  # fmt: skip
         head_model = onnx.load(str(h_path))
         merged = merge_sampler(onnx.load(str(pre_path)), onnx.load(str(encoder_path)), head_model)
-    set_metadata(merged, meta)
-    merged.doc_string = "dgaal sampler: encoder + projection + D1 (see export/embedding_sampler.py)"
     onnx.save_model(merged, str(sampler_path), save_as_external_data=False)
-    set_metadata(head_model, meta | {names.META_KIND: names.KIND_SAMPLER_HEAD})
     onnx.save_model(head_model, str(head_path), save_as_external_data=False)
     paths = (sampler_path, head_path)
-    for p in paths:
-        onnx.checker.check_model(str(p), full_check=True)
+    _finish(sampler_path, meta)  # metadata, one self-contained file, the full checker
+    _finish(head_path, meta | {names.META_KIND: names.KIND_SAMPLER_HEAD})
     return _check_parity(head, session, paths, parity_images)
 
 
@@ -273,7 +245,7 @@ def _check_parity(
     dz = float(np.max(np.abs(got_z.astype(np.float64) - ref_z), initial=0.0))
     if not ds <= MERGED_SCORE_ATOL:
         raise _parity_error(paths, f"one-file score max abs diff {ds:.3g} > {MERGED_SCORE_ATOL}")
-    picked = _check_selection(ref_s, got_s, MERGED_SCORE_ATOL)
+    picked = same_selection(ref_s, got_s, MERGED_SCORE_ATOL)
     if isinstance(picked, str):
         raise _parity_error(paths, picked)
     return SamplerParity(images.shape[0], ds, dz, *picked)

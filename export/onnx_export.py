@@ -101,8 +101,12 @@ def _torch_export(
     inputs: tuple[str, ...],
     outputs: tuple[str, ...],
     dynamo: bool,
+    batched: tuple[str, ...] = (),
 ) -> None:
+    """``torch.onnx.export`` with dgaal's names: a dynamic batch on the contract's tensors
+    (:data:`names.DYNAMIC_AXES`) and on those in ``batched``."""
     axes = {k: v for k, v in names.DYNAMIC_AXES.items() if k in inputs + outputs}
+    axes |= {k: {0: names.BATCH} for k in batched}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
         if dynamo:
@@ -186,16 +190,25 @@ def check_sampler_parity(
     z_tol = 1e-4 * (1.0 + float(np.abs(ref_z).max(initial=0.0)))
     if not dz <= z_tol:
         raise _parity_error(path, f"latent max abs diff {dz:.3g} > {z_tol:.3g}")
-    ids = np.arange(images.shape[0])
+    picked = same_selection(ref_s, got_s, score_atol)
+    if isinstance(picked, str):
+        raise _parity_error(path, picked)
+    return SamplerParity(images.shape[0], ds, dz, *picked)
+
+
+def same_selection(ref_s: np.ndarray, got_s: np.ndarray, atol: float) -> tuple[int, bool] | str:
+    """Whether ``got_s`` picks the lowest ``SELECT_FRACTION`` as ``ref_s`` does: (n, identical),
+    or the failure as a message. Ids may only swap at the boundary when their reference scores
+    lie within ``atol`` of the last selected score (a tie at float precision)."""
+    ids = np.arange(ref_s.size)
     n = max(1, round(SELECT_FRACTION * ids.size)) if ids.size else 0
     want, got = select_lowest(ids, ref_s, n), select_lowest(ids, got_s, n)
     same = set(want.tolist()) == set(got.tolist())
     if not same:
         swapped = np.array(sorted(set(want.tolist()) ^ set(got.tolist())))
-        boundary = ref_s[want[-1]]
-        if np.any(np.abs(ref_s[swapped] - boundary) > score_atol):
-            raise _parity_error(path, f"the lowest {n} scores select different ids")
-    return SamplerParity(images.shape[0], ds, dz, n, same)
+        if np.any(np.abs(ref_s[swapped] - ref_s[want[-1]]) > atol):
+            return f"the lowest {n} scores select different ids"
+    return n, same
 
 
 def check_generator_parity(

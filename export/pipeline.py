@@ -24,7 +24,7 @@ from dgaal_core.model.config import ModelConfig, preset
 from dgaal_core.model.networks import LatentDiscriminator, UNetGenerator, build_models
 from dgaal_core.model.noise import PAPER_SPREAD
 from dgaal_core.model.projection import EmbeddingProjection
-from dgaal_core.pool.embeddings import embed_dir, read_manifest
+from dgaal_core.pool.embeddings import read_manifest
 from dgaal_core.pool.reader import PoolReader
 from dgaal_core.pool.schema import State
 
@@ -60,10 +60,11 @@ def pool_encoder(pool_path: str | Path) -> tuple[Path, dict, str]:
             f"{pool_path}: D1 reads the pool's embeddings and the pool has none; "
             "run `dgaal pool embed` first"
         )
-    folder = embed_dir(Path(pool_path))
-    file = str(manifest.encoder["file"])
-    name = str(manifest.encoder.get("name") or file)
-    return folder / file, dict(manifest.encoder.get("input") or {}), name
+    from .embed import kept_encoder
+
+    path = kept_encoder(Path(pool_path), manifest, "the sampler cannot contain it")
+    name = str(manifest.encoder.get("name") or path.name)
+    return path, dict(manifest.encoder.get("input") or {}), name
 
 
 @dataclass
@@ -131,7 +132,7 @@ def load_models(
     spread = float(ckpt.get("extra", {}).get("noise_spread", PAPER_SPREAD))
     proj, encoder = None, None
     if config.embedding_dim:
-        proj = EmbeddingProjection(config.embedding_dim, config.latent_dim, config.d1_hidden)
+        proj = EmbeddingProjection.for_config(config)
         proj.load_state_dict(ckpt["models"]["proj"])
         encoder = pool_encoder(pool_path)
     return ExportedModels(g, d1, config, r, str(checkpoint), spread, proj, encoder)

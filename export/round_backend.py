@@ -13,7 +13,7 @@ import numpy as np
 
 from dgaal_core.errors import PoolFormatError
 from dgaal_core.loop.serving import ExportRequest
-from dgaal_core.pool.embeddings import open_embeddings
+from dgaal_core.pool.embeddings import Embeddings, open_embeddings
 from dgaal_core.pool.reader import PoolReader
 
 from .pipeline import (
@@ -105,13 +105,20 @@ class EmbeddingServed:
     def __init__(self, head: Any, inner: OnnxServed) -> None:
         self.head, self.inner = head, inner
         self.sampler, self.generator = inner.sampler, inner.generator
+        self._emb: Embeddings | None = None  # read once while the manifest stays the same
 
-    chunk = 65_536  # rows of embeddings read at a time (1280-d float16: 160 MiB)
+    chunk = 65_536  # rows scored at a time (their float32 copy: 320 MiB at 1280-d)
 
     def _outputs(self, pool_path: Path, ids: np.ndarray, which: int) -> np.ndarray:
         emb = open_embeddings(pool_path)
         if emb is None:
             raise PoolFormatError(f"{pool_path}: D1 reads the pool's embeddings, and it has none")
+        if self._emb is not None and (self._emb.pool_path, self._emb.manifest) == (
+            emb.pool_path,
+            emb.manifest,
+        ):
+            emb = self._emb
+        self._emb = emb
         ids = np.asarray(ids, dtype=np.int64)
         parts = [
             self.head.score(emb.pool(ids[i : i + self.chunk]))[which]

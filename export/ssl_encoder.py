@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -31,6 +30,7 @@ from .embed import embed_pool
 from .encoder import EncoderSession
 from .errors import ExportParityError
 from .metadata import set_metadata
+from .onnx_export import _torch_export
 
 if TYPE_CHECKING:
     from .ray_cluster import RayOptions
@@ -46,13 +46,7 @@ def export_ssl_encoder(
     import onnx
 
     example = torch.from_numpy(np.ascontiguousarray(parity_images[:2]))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
-        torch.onnx.export(
-            encoder, (example,), str(path), dynamo=False, input_names=["images"],
-            output_names=["embedding"], opset_version=names.OPSET,
-            dynamic_axes={"images": {0: names.BATCH}, "embedding": {0: names.BATCH}},
-        )  # fmt: skip
+    _torch_export(encoder, (example,), path, (names.IMAGES,), ("embedding",), False, ("embedding",))
     model = onnx.load(str(path))
     set_metadata(model, {"dgaal.encoder": name, "dgaal.input_layout": "nhwc"})
     onnx.save_model(model, str(path))

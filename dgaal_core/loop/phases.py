@@ -18,7 +18,7 @@ from dgaal_core.loop.config import RoundConfig, check_budget
 from dgaal_core.loop.context import RoundContext
 from dgaal_core.loop.oracle import simulated_answers, write_query_package
 from dgaal_core.loop.serving import Embedder, Exporter, ExportRequest, ServedModels
-from dgaal_core.loop.sources import PoolSource, d1_scale, d1_source
+from dgaal_core.loop.sources import PoolSource, d1_scale, d1_sources
 from dgaal_core.loop.state import (
     PendingRound,
     Phase,
@@ -141,9 +141,10 @@ class RoundJob:
                 real = reader.ids(origin=Origin.REAL)
                 real = real[reader.states[real] != State.EXCLUDED]
                 dim = trainer.model_config.embedding_dim
+                labelled, unlabelled = d1_sources(reader, dim, State.LABELLED, State.UNLABELLED)
                 trainer.train_gan(
-                    d1_source(reader, State.LABELLED, dim),
-                    d1_source(reader, State.UNLABELLED, dim),
+                    labelled,
+                    unlabelled,
                     real=PoolSource(reader, real),
                     progress=self.progress,
                 )
@@ -288,8 +289,7 @@ class RoundJob:
             t0 = time.perf_counter()
             dim = trainer.model_config.embedding_dim
             with PoolReader(self.pool_path) as r:
-                labelled = d1_source(r, State.LABELLED, dim)
-                candidates = d1_source(r, State.UNLABELLED, dim)
+                labelled, candidates = d1_sources(r, dim, State.LABELLED, State.UNLABELLED)
                 if len(labelled) and len(candidates):
                     trainer.co_evolve_d1(labelled, candidates, progress=self.progress)
                 else:

@@ -40,7 +40,6 @@ from dgaal_core.loop.phases import Log, RoundJob
 from dgaal_core.loop.serving import Embedder, Exporter
 from dgaal_core.loop.state import PendingRound, Phase, RoundRecord, pending_round, work_folder
 from dgaal_core.loop.strategies import Need
-from dgaal_core.loop.task_models import require_embeddings
 from dgaal_core.loop.workdir import QUERIES_DIR, round_dir, work_dir
 from dgaal_core.model.training import resolve_device
 from dgaal_core.pool.embeddings import open_embeddings
@@ -156,8 +155,7 @@ class Round:
                 with PoolReader(self.pool_path) as r:  # bad settings: refused before any write
                     r.check_shards()  # a missing test shard would otherwise surface at the end
                     check_budget(config, r)
-                    require_embeddings(r, config.task_model, config.strategy, config.d1_input)
-                    run = job.run_config(r)
+                    run = job.run_config(r)  # with require_embeddings: T, strategy or D1
                 job.embed_new_rows()
                 resolve_device(run.train.device)  # --device cuda without a GPU
                 job.rdir.mkdir(parents=True, exist_ok=True)

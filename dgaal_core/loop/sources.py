@@ -93,13 +93,14 @@ def _embeddings(reader: PoolReader, embedding_dim: int) -> Embeddings:
     return emb
 
 
-def d1_source(reader: PoolReader, state: State, embedding_dim: int) -> DataSource:
-    """The rows D1 trains on in ``state``: with their stored embeddings when D1 reads those
-    (``embedding_dim > 0``), else as :func:`pool_source`."""
-    source = pool_source(reader, state)
+def d1_sources(reader: PoolReader, embedding_dim: int, *states: State) -> list[DataSource]:
+    """The rows D1 trains on in each of ``states``: with their stored embeddings when D1 reads
+    those (``embedding_dim > 0``; the embeddings are read once), else as :func:`pool_source`."""
+    sources = [pool_source(reader, state) for state in states]
     if not embedding_dim:
-        return source
-    return EmbeddedSource(source, _embeddings(reader, embedding_dim).pool(source.ids))
+        return list(sources)
+    emb = _embeddings(reader, embedding_dim)
+    return [EmbeddedSource(s, emb.pool(s.ids)) for s in sources]
 
 
 def d1_scale(reader: PoolReader, embedding_dim: int) -> np.ndarray | None:

@@ -361,5 +361,5 @@ def build_models(cfg: ModelConfig, seed: int) -> Models:
     proj = None
     if cfg.embedding_dim:
         with _seeded(derive_seed(seed, "proj")):
-            proj = EmbeddingProjection(cfg.embedding_dim, cfg.latent_dim, cfg.d1_hidden)
+            proj = EmbeddingProjection.for_config(cfg)
     return Models(g, d1, d2, build_task_model(cfg, seed), proj)

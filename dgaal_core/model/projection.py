@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from dgaal_core.model.config import ModelConfig
+
 
 class EmbeddingProjection(nn.Module):
     """P: embeddings (B, D) (or (B, D, 1, 1)) -> z (B, z_dim): standardise, Linear, ReLU, Linear."""
@@ -31,6 +33,11 @@ class EmbeddingProjection(nn.Module):
         self.net = nn.Sequential(
             nn.Linear(embedding_dim, hidden), nn.ReLU(), nn.Linear(hidden, z_dim)
         )  # fmt: skip
+
+    @classmethod
+    def for_config(cls, config: ModelConfig) -> EmbeddingProjection:
+        """P for ``config``: its embedding size in, G1's latent size out, D1's hidden width."""
+        return cls(config.embedding_dim, config.latent_dim, config.d1_hidden)
 
     def fit_scale(self, embeddings: np.ndarray, chunk: int = 65_536) -> None:
         """Set the standardisation from ``embeddings`` [N, D] (a floor keeps dead features at 1).
