@@ -18,11 +18,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from dgaal_core.errors import EmptyPoolError
 from dgaal_core.model.data import DataSource
 from dgaal_core.model.ssl import SSLConfig, SSLEncoder, SSLReport, train_ssl_encoder
 from dgaal_core.pool.embeddings import Manifest
 from dgaal_core.pool.reader import PoolReader
 from dgaal_core.pool.schema import Origin, State
+from dgaal_core.pool.writer import PoolWriter
 from dgaal_core.progress import Progress, silent
 
 from . import names
@@ -83,10 +85,25 @@ def train_and_embed(
     """Train an encoder on ``pool_path``'s real images, then embed the pool with it (replacing
     earlier embeddings). Returns the manifest, the rows embedded and the training report."""
     pool_path = Path(pool_path)
+    # what would stop the embedding afterwards (another writer, an unwritable folder) is found
+    # before the minutes of training, not after them
+    with PoolWriter(pool_path, purpose="dgaal pool embed --train"):
+        pass
+    tmp = Path(tempfile.mkdtemp(prefix=".encoder-", dir=pool_path.parent))
+    try:
+        return _train_and_embed(pool_path, config, tmp, provider, batch_size, progress, ray, log)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _train_and_embed(
+    pool_path: Path, config: SSLConfig, tmp: Path, provider: str, batch_size: int | None,
+    progress: Progress, ray: RayOptions | None, log: Callable[[str], None],
+) -> tuple[Manifest, int, SSLReport]:  # fmt: skip
     with PoolReader(pool_path) as reader:
         source = _training_source(reader)
         if len(source) < 2:
-            raise ValueError(f"{pool_path}: --train needs at least two real images")
+            raise EmptyPoolError(f"{pool_path}: --train needs at least two real images")
         encoder, report = train_ssl_encoder(source, config, progress)
         parity = source.get(np.arange(min(64, len(source))))[0]
     capped = f", stopped by --minutes {config.minutes:g}" if report.stopped_by_time else ""
@@ -99,14 +116,9 @@ def train_and_embed(
         f"dgaal-simclr-w{config.width} ({report.steps} steps on {pool_path.name}, "
         f"seed {config.seed})"
     )
-    tmp = Path(tempfile.mkdtemp(prefix=".encoder-", dir=pool_path.parent))
-    try:
-        model = tmp / "encoder.onnx"
-        export_ssl_encoder(encoder, model, name, parity)
-        manifest, rows = embed_pool(
-            pool_path, model, provider=provider, batch_size=batch_size, progress=progress,
-            ray=ray,
-        )  # fmt: skip
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    model = tmp / "encoder.onnx"
+    export_ssl_encoder(encoder, model, name, parity)
+    manifest, rows = embed_pool(
+        pool_path, model, provider=provider, batch_size=batch_size, progress=progress, ray=ray
+    )  # fmt: skip
     return manifest, rows, report

@@ -87,3 +87,15 @@ def test_misused_options_are_one_line_and_write_nothing(
     before = pool.read_bytes()
     assert_one_line_error(cli("pool", "embed", pool, *args), *needles, code=2)
     assert pool.read_bytes() == before and not embed_dir(pool).exists()
+
+
+def test_a_pool_another_writer_holds_is_refused_before_training(tmp_path: Path) -> None:
+    from dgaal_core.pool.writer import PoolWriter
+
+    pool = tmp_path / "p.h5"
+    random_pool(pool, (8, 8, 1), n=40)
+    with PoolWriter(pool, purpose="a test round"):
+        ran = cli("pool", "embed", pool, "--train", "--steps", "100000")  # would take minutes
+    assert_one_line_error(ran, "a test round", code=2)
+    assert "trained the encoder" not in ran.stdout and not embed_dir(pool).exists()
+    assert not list(tmp_path.glob(".encoder-*"))
